@@ -1,0 +1,59 @@
+"""``create_model``: build a registered model, optionally with weights, optionally as a backbone."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from .models.features import FeatureListNet
+from .models.registry import get_model_cfg, get_model_class, list_models
+from .weights import load_pretrained
+
+log = logging.getLogger("splitattn")
+
+
+def create_model(
+    name: str,
+    pretrained: bool | str | os.PathLike = False,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    features_only: bool = False,
+    out_indices: Sequence[int] = (1, 2, 3, 4),
+    output_stride: int = 32,
+    **kwargs: Any,
+) -> nn.Module:
+    """Create a registered ResNeSt by name (official or timm name).
+
+    Args:
+        name: e.g. ``"resnest50"`` or its timm alias ``"resnest50d"``; see :func:`list_models`.
+        pretrained: ``False``; ``True`` for the released weights (downloaded to the cache, SHA-256
+            checked); a URL; or a local path to an official ``.pth``, a timm ``.pth``/``.safetensors``,
+            or a splitattn safetensors file.
+        num_classes: classifier outputs (0 = no classifier). With pretrained weights of another class
+            count the classifier weights are dropped and the new classifier keeps its fresh init.
+        in_chans: input channels; pretrained RGB stem weights are adapted.
+        features_only: return a :class:`FeatureListNet` giving the stage outputs in ``out_indices``
+            (0 = stem, 1-4 = layer1-4).
+        output_stride: 32, 16 or 8 (dilated layer3/layer4, for dense prediction).
+        **kwargs: other :class:`~splitattn.models.ResNeSt` arguments (``drop_rate``, ``norm_layer``...).
+
+    Returns:
+        The model, with its :class:`ModelCfg` as ``model.pretrained_cfg``.
+    """
+    cfg = get_model_cfg(name)
+    cls = get_model_class(name)
+    arch = {**cfg.arch, **kwargs}
+    model = cls(num_classes=num_classes, in_chans=in_chans, output_stride=output_stride, **arch)
+    model.pretrained_cfg = cfg
+    if pretrained is not False and pretrained is not None:
+        load_pretrained(model, pretrained, cfg)
+    if features_only:
+        model = FeatureListNet(model, out_indices)
+    return model
+
+
+__all__ = ["create_model", "list_models"]

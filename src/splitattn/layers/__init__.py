@@ -1,0 +1,15 @@
+"""Reusable layers: Split-Attention conv, DropBlock, norm-layer choice."""
+
+from .drop import DropBlock2d, drop_block_2d
+from .norm import FrozenBatchNorm2d, get_norm_layer, group_norm
+from .split_attn import SplitAttn, radix_softmax
+
+__all__ = [
+    "DropBlock2d",
+    "FrozenBatchNorm2d",
+    "SplitAttn",
+    "drop_block_2d",
+    "get_norm_layer",
+    "group_norm",
+    "radix_softmax",
+]

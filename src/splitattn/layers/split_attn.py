@@ -1,0 +1,129 @@
+"""Split-Attention convolution (ResNeSt, Zhang et al. 2020, Sec. 3).
+
+For an input of ``C_in`` channels, radix ``R`` and cardinality ``K`` the module computes
+
+    U   = ReLU(BN0(GroupConv3x3(x)))                      # (B, R*C, H, W), radix-major
+    s^k = 1/(H W) * sum_{i,j} sum_r U_r^k(i, j)           # (B, C): pooled once, summed over r
+    a^k_r(c) = softmax_r(G^c_r(s^k))   if R > 1           # r-softmax inside each cardinal group
+             = sigmoid(G^c(s^k))       if R == 1          # SE-like gate
+    V^k(c)  = sum_r a^k_r(c) * U_r^k(c)                   # (B, C, H, W)
+
+where ``G = fc2(ReLU(BN1(fc1(.))))`` are two 1x1 convs grouped by ``K``. "Radix-major" means that
+channel block ``r`` of ``U`` holds split ``r`` of every cardinal group, so the 3x3 conv is one grouped
+conv with ``K*R`` groups and the attention weights are laid out the same way.
+
+Parameter names (``conv``, ``bn0``, ``fc1``, ``bn1``, ``fc2``) are those of the official
+``resnest.torch`` and timm checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def radix_softmax(logits: torch.Tensor, radix: int, cardinality: int) -> torch.Tensor:
+    """r-softmax of the attention logits, returned in radix-major order.
+
+    Args:
+        logits: ``(B, R*C)`` output of ``fc2``; fc2 is grouped by cardinality, so its channels are
+            cardinal-major ``(K, R, C/K)``.
+        radix: ``R``. With ``R == 1`` the gate is a sigmoid.
+        cardinality: ``K``.
+
+    Returns:
+        ``(B, R*C)`` attention weights, radix-major ``(R, K, C/K)``, summing to 1 over ``R``.
+    """
+    batch = logits.shape[0]
+    if radix > 1:
+        x = logits.view(batch, cardinality, radix, -1).transpose(1, 2)
+        return F.softmax(x, dim=1).reshape(batch, -1)
+    return torch.sigmoid(logits)
+
+
+class SplitAttn(nn.Module):
+    """Split-Attention 3x3 convolution: the ``conv2`` of a ResNeSt bottleneck.
+
+    Args:
+        in_channels: input channels (the bottleneck's group width ``gw``).
+        out_channels: output channels (``gw`` in ResNeSt).
+        kernel_size, stride, padding, dilation: of the grouped conv.
+        groups: cardinality ``K``.
+        radix: ``R >= 1``.
+        reduction: channel reduction of ``fc1``; ``inter = max(in_channels * R // reduction, 32)``.
+        norm_layer: callable ``(num_channels) -> nn.Module``.
+        drop_block: optional DropBlock applied after ``bn0`` (ResNeSt places it there).
+
+    Shape:
+        ``(B, in_channels, H, W) -> (B, out_channels, H', W')``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        radix: int = 2,
+        reduction: int = 4,
+        min_inter: int = 32,
+        norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        drop_block: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if radix < 1:
+            raise ValueError(f"SplitAttn needs radix >= 1, got {radix} (radix 0 is a plain grouped conv)")
+        if out_channels % groups:
+            raise ValueError(f"out_channels {out_channels} is not divisible by cardinality {groups}")
+        self.radix = radix
+        self.cardinality = groups
+        self.out_channels = out_channels
+        inter = max(in_channels * radix // reduction, min_inter)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels * radix, kernel_size, stride, padding, dilation,
+            groups=groups * radix, bias=False,
+        )
+        self.bn0 = norm_layer(out_channels * radix)
+        self.drop = drop_block if drop_block is not None else nn.Identity()
+        self.act0 = nn.ReLU(inplace=True)
+        self.fc1 = nn.Conv2d(out_channels, inter, 1, groups=groups)
+        self.bn1 = norm_layer(inter)
+        self.act1 = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(inter, out_channels * radix, 1, groups=groups)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention weights for the radix-expanded map.
+
+        Args:
+            x: ``(B, R*C, H, W)`` activated output of the grouped conv.
+
+        Returns:
+            ``(B, R*C)`` radix-major weights (softmax over R, or sigmoid at R=1).
+        """
+        b = x.shape[0]
+        # Pool the expanded map once and sum the R pooled vectors: the mean is linear, so this equals
+        # pooling the sum of the splits without materialising that (B, C, H, W) sum.
+        gap = x.mean((2, 3), keepdim=True)
+        if self.radix > 1:
+            gap = gap.view(b, self.radix, self.out_channels, 1, 1).sum(1)
+        gap = self.act1(self.bn1(self.fc1(gap)))
+        return radix_softmax(self.fc2(gap).flatten(1), self.radix, self.cardinality)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act0(self.drop(self.bn0(self.conv(x))))
+        attn = self.attention(x)
+        b, _, h, w = x.shape
+        if self.radix > 1:
+            # Weighted sum over radix as one broadcasted multiply + reduction; the view keeps a
+            # channels_last input channels_last (no .contiguous() copy back to NCHW).
+            out = (x.view(b, self.radix, self.out_channels, h, w)
+                   * attn.view(b, self.radix, self.out_channels, 1, 1)).sum(1)
+        else:
+            out = x * attn.view(b, -1, 1, 1)
+        return out

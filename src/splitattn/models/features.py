@@ -1,0 +1,58 @@
+"""``features_only`` wrapper: a backbone that returns the list of stage outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class FeatureListNet(nn.Module):
+    """The stem and stages of a ResNeSt, returning the outputs selected by ``out_indices``.
+
+    Index 0 is the stem (stride 2, before the max pool), 1-4 are layer1-layer4. Submodule names are the
+    classifier's (``conv1``, ``bn1``, ``layer1``...), so a classification state dict without ``fc`` loads.
+
+    Shape:
+        ``(B, C, H, W) -> [(B, feature_info[i]["num_chs"], H / r_i, W / r_i) for i in out_indices]``.
+    """
+
+    def __init__(self, model: nn.Module, out_indices: Sequence[int] = (1, 2, 3, 4)) -> None:
+        super().__init__()
+        out_indices = tuple(int(i) for i in out_indices)
+        if not out_indices or any(i < 0 or i > 4 for i in out_indices):
+            raise ValueError(f"out_indices must be within 0..4 (0 = stem, 4 = layer4), got {out_indices}")
+        self.out_indices = out_indices
+        self.in_chans: int = model.in_chans
+        self._check = model.check_input
+        self.conv1 = model.conv1
+        self.bn1 = model.bn1
+        self.act1 = model.act1
+        self.maxpool = model.maxpool
+        last = max(out_indices)
+        for i in range(1, last + 1):
+            self.add_module(f"layer{i}", getattr(model, f"layer{i}"))
+        self.feature_info: list[dict[str, Any]] = [model.feature_info[i] for i in out_indices]
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+
+    def channels(self) -> list[int]:
+        return [f["num_chs"] for f in self.feature_info]
+
+    def reductions(self) -> list[int]:
+        return [f["reduction"] for f in self.feature_info]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if not torch.jit.is_scripting():
+            self._check(x)
+        outs: list[torch.Tensor] = []
+        x = self.act1(self.bn1(self.conv1(x)))
+        if 0 in self.out_indices:
+            outs.append(x)
+        x = self.maxpool(x)
+        for i, layer in enumerate([self.layer1, self.layer2, self.layer3, self.layer4][: max(self.out_indices)]):
+            x = layer(x)
+            if i + 1 in self.out_indices:
+                outs.append(x)
+        return outs

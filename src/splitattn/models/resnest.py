@@ -1,0 +1,388 @@
+"""ResNeSt: Split-Attention Networks (Zhang et al., arXiv 2004.08955).
+
+Blocks, then the model class, then one small config per registered variant. Module and parameter
+names follow the official ``resnest.torch`` code and timm (``conv1.0``, ``bn1``, ``layerN.M.conv2.fc1``,
+``downsample.1``, ``fc``...), so their checkpoints load without any key mapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers import DropBlock2d, SplitAttn, get_norm_layer
+from ..layers.norm import NormLayer
+from .registry import ModelCfg, register_model
+
+MIN_INPUT_SIZE = 32
+
+
+class ResNeStBottleneck(nn.Module):
+    """ResNet-D bottleneck whose 3x3 conv is a Split-Attention conv (expansion 4).
+
+    ``conv1`` 1x1 -> ``conv2`` (SplitAttn, or a plain grouped conv + ``bn2`` when ``radix == 0``)
+    -> ``conv3`` 1x1 -> ``bn3`` -> + shortcut -> ReLU. With ``avd`` the stride of a downsampling block
+    moves from the 3x3 conv to a 3x3 average pool, placed before (``avd_first``) or after ``conv2``.
+
+    Shape:
+        ``(B, inplanes, H, W) -> (B, 4 * planes, H / stride, W / stride)``.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        radix: int = 2,
+        cardinality: int = 1,
+        base_width: int = 64,
+        avd: bool = True,
+        avd_first: bool = False,
+        is_first: bool = False,
+        dilation: int = 1,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        drop_block_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        group_width = int(planes * (base_width / 64.0)) * cardinality
+        self.radix = radix
+        use_avd = avd and (stride > 1 or is_first)
+        conv_stride = 1 if use_avd else stride
+
+        def drop_block() -> nn.Module:
+            return DropBlock2d(drop_block_rate, 3) if drop_block_rate > 0 else nn.Identity()
+
+        self.conv1 = nn.Conv2d(inplanes, group_width, 1, bias=False)
+        self.bn1 = norm_layer(group_width)
+        self.drop_block1 = drop_block()
+        self.act1 = nn.ReLU(inplace=True)
+        self.avd_first = nn.AvgPool2d(3, stride, padding=1) if use_avd and avd_first else nn.Identity()
+        if radix >= 1:
+            self.conv2 = SplitAttn(
+                group_width, group_width, 3, conv_stride, dilation, dilation, groups=cardinality,
+                radix=radix, norm_layer=norm_layer, drop_block=drop_block(),
+            )
+            self.bn2 = nn.Identity()
+            self.drop_block2 = nn.Identity()
+            self.act2 = nn.Identity()
+        else:
+            self.conv2 = nn.Conv2d(
+                group_width, group_width, 3, conv_stride, dilation, dilation, groups=cardinality, bias=False
+            )
+            self.bn2 = norm_layer(group_width)
+            self.drop_block2 = drop_block()
+            self.act2 = nn.ReLU(inplace=True)
+        self.avd_last = nn.AvgPool2d(3, stride, padding=1) if use_avd and not avd_first else nn.Identity()
+        self.conv3 = nn.Conv2d(group_width, planes * 4, 1, bias=False)
+        self.bn3 = norm_layer(planes * 4)
+        self.drop_block3 = drop_block()
+        self.act3 = nn.ReLU(inplace=True)
+        self.downsample = downsample if downsample is not None else nn.Identity()
+
+    def zero_init_last(self) -> None:
+        """Zero the last norm's scale so the block starts as the identity (paper's "zero gamma")."""
+        if getattr(self.bn3, "weight", None) is not None:
+            nn.init.zeros_(self.bn3.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.downsample(x)
+        out = self.act1(self.drop_block1(self.bn1(self.conv1(x))))
+        out = self.avd_first(out)
+        out = self.act2(self.drop_block2(self.bn2(self.conv2(out))))
+        out = self.avd_last(out)
+        out = self.drop_block3(self.bn3(self.conv3(out)))
+        return self.act3(out + shortcut)
+
+
+def _stage_strides(output_stride: int) -> list[tuple[int, int, int]]:
+    """(stride, dilation, first-block dilation) for layer1..layer4, as in the official code."""
+    if output_stride == 32:
+        return [(1, 1, 1), (2, 1, 1), (2, 1, 1), (2, 1, 1)]
+    if output_stride == 16:
+        return [(1, 1, 1), (2, 1, 1), (2, 1, 1), (1, 2, 1)]
+    if output_stride == 8:
+        return [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 4, 2)]
+    raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+
+
+class ResNeSt(nn.Module):
+    """ResNeSt image classifier / backbone.
+
+    Args:
+        layers: blocks per stage, e.g. ``(3, 4, 6, 3)``.
+        radix: R; 0 gives the plain ResNet-D / ResNeXt baseline (grouped conv + BN + ReLU).
+        cardinality: K.
+        base_width: bottleneck width per group ("64d", "40d", "24d").
+        stem_width: ``w`` of the deep stem (3 -> w -> w -> 2w); 32 for ResNeSt-50, 64 for 101+.
+        deep_stem: three 3x3 convs instead of one 7x7.
+        avg_down: average-pool shortcut downsampling (ResNet-D).
+        avd: move a block's stride to a 3x3 average pool; ``avd_first`` puts it before conv2.
+        output_stride: 32, 16 or 8 (dilated layers for dense prediction).
+        in_chans: input channels.
+        num_classes: classifier outputs; 0 removes the classifier (``forward`` gives pooled features).
+        drop_rate: dropout before the classifier.
+        drop_block_rate: DropBlock probability on layers 3-4 (block size 3); can be ramped later with
+            :func:`set_drop_block_prob`.
+        zero_init_last: zero the last BN scale of each block (the paper's recipe).
+        norm_layer: ``"batchnorm"``, ``"syncbn"``, ``"frozenbn"``, ``"groupnorm"`` or a callable.
+        global_pool: ``"avg"``, ``"max"``, ``"avgmax"`` or ``""`` (no pooling).
+
+    Shape:
+        ``forward``: ``(B, in_chans, H, W) -> (B, num_classes)`` with ``H, W >= 32``.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        radix: int = 2,
+        cardinality: int = 1,
+        base_width: int = 64,
+        stem_width: int = 32,
+        deep_stem: bool = True,
+        avg_down: bool = True,
+        avd: bool = True,
+        avd_first: bool = False,
+        output_stride: int = 32,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        drop_rate: float = 0.0,
+        drop_block_rate: float = 0.0,
+        zero_init_last: bool = True,
+        norm_layer: str | NormLayer | None = "batchnorm",
+        global_pool: str = "avg",
+    ) -> None:
+        super().__init__()
+        if len(layers) != 4:
+            raise ValueError(f"layers must give 4 stage depths, got {list(layers)}")
+        if radix < 0 or cardinality < 1:
+            raise ValueError(f"need radix >= 0 and cardinality >= 1, got radix={radix}, cardinality={cardinality}")
+        norm = get_norm_layer(norm_layer)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.output_stride = output_stride
+        self.global_pool_type = global_pool
+
+        inplanes = stem_width * 2 if deep_stem else 64
+        if deep_stem:
+            self.conv1 = nn.Sequential(
+                nn.Conv2d(in_chans, stem_width, 3, 2, 1, bias=False),
+                norm(stem_width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(stem_width, stem_width, 3, 1, 1, bias=False),
+                norm(stem_width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(stem_width, inplanes, 3, 1, 1, bias=False),
+            )
+        else:
+            self.conv1 = nn.Conv2d(in_chans, inplanes, 7, 2, 3, bias=False)
+        self.bn1 = norm(inplanes)
+        self.act1 = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+
+        self.feature_info: list[dict[str, Any]] = [dict(num_chs=inplanes, reduction=2, module="act1")]
+        reduction = 4
+        for i, (planes, depth, (stride, dilation, first_dilation)) in enumerate(
+            zip((64, 128, 256, 512), layers, _stage_strides(output_stride))
+        ):
+            out_ch = planes * ResNeStBottleneck.expansion
+            downsample = None
+            if stride != 1 or inplanes != out_ch:
+                if avg_down:
+                    pool = (nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
+                            if stride > 1 else nn.Identity())
+                    downsample = nn.Sequential(pool, nn.Conv2d(inplanes, out_ch, 1, bias=False), norm(out_ch))
+                else:
+                    downsample = nn.Sequential(nn.Conv2d(inplanes, out_ch, 1, stride, bias=False), norm(out_ch))
+            block_kw = dict(
+                radix=radix, cardinality=cardinality, base_width=base_width, avd=avd, avd_first=avd_first,
+                norm_layer=norm, drop_block_rate=drop_block_rate if i >= 2 else 0.0,
+            )
+            # The official code marks the first block of layers 2-4 as "is_first", so a dilated first
+            # block (stride 1) still gets its 3x3 avd pool; we keep that to match its function.
+            blocks = [ResNeStBottleneck(inplanes, planes, stride, downsample, is_first=i > 0,
+                                        dilation=first_dilation, **block_kw)]
+            blocks += [ResNeStBottleneck(out_ch, planes, dilation=dilation, **block_kw) for _ in range(1, depth)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            inplanes = out_ch
+            reduction *= stride
+            self.feature_info.append(dict(num_chs=out_ch, reduction=reduction, module=f"layer{i + 1}"))
+
+        self.num_features = inplanes
+        self.global_pool, self.flatten = _make_pool(global_pool)
+        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.fc = self._make_classifier(num_classes)
+        self._init_weights(zero_init_last)
+        self._bn_needs_batch = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+
+    def _make_classifier(self, num_classes: int) -> nn.Module:
+        feat = self.num_features * (2 if self.global_pool_type == "avgmax" else 1)
+        return nn.Linear(feat, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _init_weights(self, zero_init_last: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                # N(0, sqrt(2 / (k * k * out))): He init over fan-out, as in the official code.
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # After the generic loop, so the zero gamma is not overwritten (the official code's bug).
+        if zero_init_last:
+            for m in self.modules():
+                if isinstance(m, ResNeStBottleneck):
+                    m.zero_init_last()
+
+    # -- the timm model interface ---------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier (``num_classes=0`` removes it) and optionally the pooling."""
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool_type = global_pool
+            self.global_pool, self.flatten = _make_pool(global_pool)
+        self.fc = self._make_classifier(num_classes)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) -> (B, 2w, H/2, W/2)``: deep stem, BN, ReLU (before the max pool)."""
+        return self.act1(self.bn1(self.conv1(x)))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) -> (B, num_features, H/os, W/os)``: the unpooled layer4 map."""
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        x = self.maxpool(self.forward_stem(x))
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``(B, num_features, h, w) -> (B, num_classes)``, or the pooled features if ``pre_logits``."""
+        x = self.flatten(self.global_pool(x))
+        x = self.drop(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.unused
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError that names the problem and the fix for an input the network cannot take."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor of shape (B, {self.in_chans}, H, W), got {type(x).__name__}")
+        if x.ndim != 4:
+            hint = " (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""
+            raise ValueError(
+                f"expected a 4D input (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}{hint}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}): convert "
+                f"the image, or create the model with in_chans={x.shape[1]}"
+            )
+        if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"input {x.shape[2]}x{x.shape[3]} is too small: ResNeSt downsamples by 32 and needs at least "
+                f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels; resize or pad the image"
+            )
+        if self.training and x.shape[0] == 1 and self._bn_needs_batch:
+            raise ValueError(
+                "a training-mode batch of 1 cannot be normalised: BatchNorm over the 1x1 split-attention "
+                "vector needs more than 1 value per channel; use a batch of at least 2, call model.eval() "
+                "for inference, or build the model with norm_layer='groupnorm' or 'frozenbn'"
+            )
+
+
+class _AvgMaxPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)], 1)
+
+
+def _make_pool(kind: str) -> tuple[nn.Module, nn.Module]:
+    if kind == "avg":
+        return nn.AdaptiveAvgPool2d(1), nn.Flatten(1)
+    if kind == "max":
+        return nn.AdaptiveMaxPool2d(1), nn.Flatten(1)
+    if kind == "avgmax":
+        return _AvgMaxPool(), nn.Flatten(1)
+    if kind == "":
+        return nn.Identity(), nn.Identity()
+    raise ValueError(f"global_pool must be 'avg', 'max', 'avgmax' or '', got {kind!r}")
+
+
+def set_drop_block_prob(model: nn.Module, prob: float) -> int:
+    """Set the drop probability of every DropBlock2d in ``model`` (for the linear 0 -> p ramp).
+
+    Returns:
+        The number of DropBlock layers changed (0 if the model was built with ``drop_block_rate=0``).
+    """
+    n = 0
+    for m in model.modules():
+        if isinstance(m, DropBlock2d):
+            m.drop_prob = float(prob)
+            n += 1
+    return n
+
+
+# -- registered variants ------------------------------------------------------------------------
+_OFFICIAL_URL = "https://github.com/zhanghang1989/ResNeSt/releases/download/weights_step1/{}-{}.pth"
+_TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-resnest/{}-{}.pth"
+
+
+def _official(name: str, sha: str, top1: float, params: int, gmacs: float, size: int = 224,
+              aliases: tuple[str, ...] = (), **arch: Any) -> ModelCfg:
+    crop_pct = round(size / (size + 32), 3)
+    return ModelCfg(
+        name=name, arch=arch, input_size=(3, size, size), crop_pct=crop_pct, interpolation="bicubic",
+        url=_OFFICIAL_URL.format(name, sha), hash_prefix=sha, top1=top1, params=params, gmacs=gmacs,
+        aliases=aliases, source="official ResNeSt release (Zhang et al.)",
+    )
+
+
+_R50 = dict(layers=(3, 4, 6, 3), stem_width=32)
+_FAST = dict(layers=(3, 4, 6, 3), stem_width=32, avd_first=True)
+
+_CFGS = [
+    ModelCfg(
+        name="resnest14d", arch=dict(layers=(1, 1, 1, 1), stem_width=32, radix=2), crop_pct=0.875,
+        interpolation="bilinear", url=_TIMM_URL.format("gluon_resnest14", "9c8fe254"), hash_prefix="9c8fe254",
+        top1=75.51, params=10_611_688, gmacs=2.76, source="GluonCV weights ported by timm",
+    ),
+    ModelCfg(
+        name="resnest26d", arch=dict(layers=(2, 2, 2, 2), stem_width=32, radix=2), crop_pct=0.875,
+        interpolation="bilinear", url=_TIMM_URL.format("gluon_resnest26", "50eb607c"), hash_prefix="50eb607c",
+        top1=78.48, params=17_069_448, gmacs=3.64, source="GluonCV weights ported by timm",
+    ),
+    _official("resnest50", "528c19ca", 81.03, 27_483_240, 5.40, aliases=("resnest50d",), radix=2, **_R50),
+    _official("resnest101", "22405ba7", 82.83, 48_275_016, 13.38, 256, aliases=("resnest101e",),
+              layers=(3, 4, 23, 3), stem_width=64, radix=2),
+    _official("resnest200", "75117900", 83.84, 70_201_544, 35.70, 320, aliases=("resnest200e",),
+              layers=(3, 24, 36, 3), stem_width=64, radix=2),
+    _official("resnest269", "0cc87c48", 84.54, 110_929_480, 77.72, 416, aliases=("resnest269e",),
+              layers=(3, 30, 48, 8), stem_width=64, radix=2),
+    _official("resnest50_fast_1s1x64d", "d8fbf808", 80.33, 26_217_896, 4.36, radix=1, **_FAST),
+    _official("resnest50_fast_2s1x64d", "44938639", 80.53, 27_483_240, 4.36, radix=2, **_FAST),
+    _official("resnest50_fast_4s1x64d", "f74f3fc3", 80.76, 31_912_712, 4.37, radix=4, **_FAST),
+    _official("resnest50_fast_1s2x40d", "32830b84", 80.59, 25_946_680, 4.39, radix=1, cardinality=2,
+              base_width=40, **_FAST),
+    _official("resnest50_fast_2s2x40d", "9d126481", 80.61, 26_943_792, 4.40, radix=2, cardinality=2,
+              base_width=40, **_FAST),
+    _official("resnest50_fast_4s2x40d", "41d14ed0", 81.14, 30_417_592, 4.41, aliases=("resnest50d_4s2x40d",),
+              radix=4, cardinality=2, base_width=40, **_FAST),
+    _official("resnest50_fast_1s4x24d", "d4a4f76f", 80.99, 25_677_000, 4.43, aliases=("resnest50d_1s4x24d",),
+              radix=1, cardinality=4, base_width=24, **_FAST),
+]
+
+for _cfg in _CFGS:
+    register_model(_cfg, ResNeSt)
+
+__all__ = ["ResNeSt", "ResNeStBottleneck", "set_drop_block_prob", "MIN_INPUT_SIZE"]
