@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -84,7 +85,8 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise WeightsError(
-            f"{path} needs pickled code to load, which splitattn refuses to execute ({str(e).splitlines()[0]}). "
+            f"{path} needs pickled code to load, which splitattn refuses to execute "
+            f"({str(e).splitlines()[0]}). "
             "Re-save it as a plain state dict of tensors or as safetensors"
         ) from e
     except (RuntimeError, EOFError, OSError) as e:
@@ -145,6 +147,36 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return w.to(weight.dtype)
 
 
+def _check_saved_arch(meta: Mapping[str, str], cfg: Any, path: Path) -> None:
+    """Refuse splitattn weights saved from a different architecture that happens to share shapes.
+
+    resnest50_fast_2s1x64d loads shape-for-shape into resnest50 but computes another function
+    (avd before the split-attention conv); our own files record the architecture, so we can tell.
+    """
+    if cfg is None or "splitattn_cfg" not in meta:
+        return
+    saved = json.loads(meta["splitattn_cfg"])
+    saved_arch = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.get("arch", {}).items()}
+    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.arch.items()}
+    if saved_arch and saved_arch != arch:
+        diff = sorted(k for k in set(saved_arch) | set(arch) if saved_arch.get(k) != arch.get(k))
+        raise WeightsError(
+            f"{path} holds weights of {saved.get('name')!r}, whose architecture differs from {cfg.name!r} in "
+            f"{', '.join(diff)}: the shapes may match but the function does not; "
+            f"use create_model({saved.get('name')!r})"
+        )
+
+
+def _url_hash_prefix(url: str, cfg: Any) -> str | None:
+    """The SHA-256 prefix a URL's file must have: the config's for the release file, else the torch.hub
+    convention of a file named ``<name>-<hex digits>.<ext>``; None when nothing is known."""
+    name = os.path.basename(urlparse(url).path)
+    if cfg is not None and cfg.hash_prefix and cfg.file_name == name:
+        return cfg.hash_prefix
+    m = re.search(r"-([a-f0-9]{8,64})\.[a-z]+$", name)
+    return m.group(1) if m else None
+
+
 def load_pretrained(
     model: nn.Module,
     source: str | os.PathLike | bool,
@@ -167,13 +199,11 @@ def load_pretrained(
             raise WeightsError(f"no released weights are known for {name}; pass a path or URL")
         path = download(cfg.url, cfg.hash_prefix or None, progress)
     elif isinstance(source, str) and source.startswith(("http://", "https://", "file://")):
-        prefix = None
-        if cfg is not None and cfg.hash_prefix and cfg.file_name and source.endswith(cfg.file_name):
-            prefix = cfg.hash_prefix
-        path = download(source, prefix, progress)
+        path = download(source, _url_hash_prefix(source, cfg), progress)
     else:
         path = Path(source)
-    sd, _ = read_state_dict(path)
+    sd, meta = read_state_dict(path)
+    _check_saved_arch(meta, cfg, path)
 
     first_conv = getattr(cfg, "first_conv", "conv1.0") + ".weight"
     classifier = getattr(cfg, "classifier", "fc")
@@ -208,7 +238,9 @@ def load_pretrained(
     return model
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> Path:
+def save_weights(
+    model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``model``'s state dict as safetensors, atomically, with its config as metadata.
 
     The metadata holds ``splitattn_cfg`` (the model's registry record as JSON) when the model has one,

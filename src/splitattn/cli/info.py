@@ -8,9 +8,9 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from . import make_console
-from rich.table import Table
 
 
 def zoo_rows(pattern: str = "*", measure: bool = True) -> list[dict[str, Any]]:

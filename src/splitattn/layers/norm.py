@@ -12,11 +12,14 @@ NormLayer = Callable[[int], nn.Module]
 
 
 def group_norm(num_channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm with the largest group count <= ``max_groups`` that divides ``num_channels``.
+    """GroupNorm with the largest group count <= ``max_groups`` that divides ``num_channels`` and leaves
+    at least 2 channels per group.
 
-    ResNeSt widths (e.g. 80 channels in the 2s2x40d model) are not all multiples of 32.
+    ResNeSt widths (e.g. 80 channels in the 2s2x40d model) are not all multiples of 32, and the
+    split-attention ``bn1`` normalises a 1x1 vector, where a group of one channel has nothing to
+    normalise over (its output would be the bias alone).
     """
-    groups = math.gcd(num_channels, max_groups)
+    groups = math.gcd(num_channels, max(1, min(max_groups, num_channels // 2)))
     return nn.GroupNorm(groups, num_channels)
 
 

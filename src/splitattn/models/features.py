@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .resnest import check_input
+
 
 class FeatureListNet(nn.Module):
     """The stem and stages of a ResNeSt, returning the outputs selected by ``out_indices``.
@@ -26,7 +28,7 @@ class FeatureListNet(nn.Module):
             raise ValueError(f"out_indices must be within 0..4 (0 = stem, 4 = layer4), got {out_indices}")
         self.out_indices = out_indices
         self.in_chans: int = model.in_chans
-        self._check = model.check_input
+        self._bn_needs_batch: bool = model._bn_needs_batch
         self.conv1 = model.conv1
         self.bn1 = model.bn1
         self.act1 = model.act1
@@ -45,13 +47,14 @@ class FeatureListNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if not torch.jit.is_scripting():
-            self._check(x)
+            check_input(x, self.in_chans, self.training and self._bn_needs_batch)
         outs: list[torch.Tensor] = []
         x = self.act1(self.bn1(self.conv1(x)))
         if 0 in self.out_indices:
             outs.append(x)
         x = self.maxpool(x)
-        for i, layer in enumerate([self.layer1, self.layer2, self.layer3, self.layer4][: max(self.out_indices)]):
+        stages = [self.layer1, self.layer2, self.layer3, self.layer4][: max(self.out_indices)]
+        for i, layer in enumerate(stages):
             x = layer(x)
             if i + 1 in self.out_indices:
                 outs.append(x)

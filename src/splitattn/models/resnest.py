@@ -20,6 +20,36 @@ from .registry import ModelCfg, register_model
 MIN_INPUT_SIZE = 32
 
 
+@torch.jit.unused
+def check_input(x: torch.Tensor, in_chans: int, batch_stats: bool) -> None:
+    """Validate a ResNeSt input; ``batch_stats`` is whether BatchNorm will use batch statistics.
+
+    Raises:
+        ValueError: naming the problem (rank, channels, size, a training batch of 1) and the fix.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of shape (B, {in_chans}, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        hint = " (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""
+        raise ValueError(f"expected a 4D input (B, {in_chans}, H, W), got shape {tuple(x.shape)}{hint}")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}): convert "
+            f"the image, or create the model with in_chans={x.shape[1]}"
+        )
+    if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
+        raise ValueError(
+            f"input {x.shape[2]}x{x.shape[3]} is too small: ResNeSt downsamples by 32 and needs at least "
+            f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels; resize or pad the image"
+        )
+    if batch_stats and x.shape[0] == 1:
+        raise ValueError(
+            "a training-mode batch of 1 cannot be normalised: BatchNorm over the 1x1 split-attention "
+            "vector needs more than 1 value per channel; use a batch of at least 2, call model.eval() "
+            "for inference, or build the model with norm_layer='groupnorm' or 'frozenbn'"
+        )
+
+
 class ResNeStBottleneck(nn.Module):
     """ResNet-D bottleneck whose 3x3 conv is a Split-Attention conv (expansion 4).
 
@@ -161,7 +191,7 @@ class ResNeSt(nn.Module):
         if len(layers) != 4:
             raise ValueError(f"layers must give 4 stage depths, got {list(layers)}")
         if radix < 0 or cardinality < 1:
-            raise ValueError(f"need radix >= 0 and cardinality >= 1, got radix={radix}, cardinality={cardinality}")
+            raise ValueError(f"need radix >= 0 and cardinality >= 1, got {radix=}, {cardinality=}")
         norm = get_norm_layer(norm_layer)
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -199,7 +229,8 @@ class ResNeSt(nn.Module):
                             if stride > 1 else nn.Identity())
                     downsample = nn.Sequential(pool, nn.Conv2d(inplanes, out_ch, 1, bias=False), norm(out_ch))
                 else:
-                    downsample = nn.Sequential(nn.Conv2d(inplanes, out_ch, 1, stride, bias=False), norm(out_ch))
+                    conv = nn.Conv2d(inplanes, out_ch, 1, stride, bias=False)
+                    downsample = nn.Sequential(conv, norm(out_ch))
             block_kw = dict(
                 radix=radix, cardinality=cardinality, base_width=base_width, avd=avd, avd_first=avd_first,
                 norm_layer=norm, drop_block_rate=drop_block_rate if i >= 2 else 0.0,
@@ -208,7 +239,8 @@ class ResNeSt(nn.Module):
             # block (stride 1) still gets its 3x3 avd pool; we keep that to match its function.
             blocks = [ResNeStBottleneck(inplanes, planes, stride, downsample, is_first=i > 0,
                                         dilation=first_dilation, **block_kw)]
-            blocks += [ResNeStBottleneck(out_ch, planes, dilation=dilation, **block_kw) for _ in range(1, depth)]
+            blocks += [ResNeStBottleneck(out_ch, planes, dilation=dilation, **block_kw)
+                       for _ in range(1, depth)]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             inplanes = out_ch
             reduction *= stride
@@ -277,29 +309,7 @@ class ResNeSt(nn.Module):
     @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError that names the problem and the fix for an input the network cannot take."""
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor of shape (B, {self.in_chans}, H, W), got {type(x).__name__}")
-        if x.ndim != 4:
-            hint = " (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""
-            raise ValueError(
-                f"expected a 4D input (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}{hint}"
-            )
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}): convert "
-                f"the image, or create the model with in_chans={x.shape[1]}"
-            )
-        if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
-            raise ValueError(
-                f"input {x.shape[2]}x{x.shape[3]} is too small: ResNeSt downsamples by 32 and needs at least "
-                f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels; resize or pad the image"
-            )
-        if self.training and x.shape[0] == 1 and self._bn_needs_batch:
-            raise ValueError(
-                "a training-mode batch of 1 cannot be normalised: BatchNorm over the 1x1 split-attention "
-                "vector needs more than 1 value per channel; use a batch of at least 2, call model.eval() "
-                "for inference, or build the model with norm_layer='groupnorm' or 'frozenbn'"
-            )
+        check_input(x, self.in_chans, self.training and self._bn_needs_batch)
 
 
 class _AvgMaxPool(nn.Module):
@@ -385,4 +395,4 @@ _CFGS = [
 for _cfg in _CFGS:
     register_model(_cfg, ResNeSt)
 
-__all__ = ["ResNeSt", "ResNeStBottleneck", "set_drop_block_prob", "MIN_INPUT_SIZE"]
+__all__ = ["ResNeSt", "ResNeStBottleneck", "check_input", "set_drop_block_prob", "MIN_INPUT_SIZE"]

@@ -1,0 +1,51 @@
+"""Shared test helpers: deterministic seeds and reference models with non-trivial statistics."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def randomize_stats(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Give every BatchNorm non-trivial running stats and affine params, and the classifier larger
+    weights, so equivalence is checked on logits of order 1-10 rather than ~0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+            elif isinstance(m, torch.nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
+    return model
+
+
+def reference_model(name: str) -> torch.nn.Module:
+    """The model as the official package builds it (timm for resnest14d/26d, which only timm has)."""
+    if name in ("resnest14d", "resnest26d"):
+        import timm
+
+        return timm.create_model(name)
+    import resnest.torch as official
+
+    return getattr(official, name)()
+
+
+OFFICIAL = [
+    "resnest50", "resnest101", "resnest200", "resnest269",
+    "resnest50_fast_1s1x64d", "resnest50_fast_2s1x64d", "resnest50_fast_4s1x64d",
+    "resnest50_fast_1s2x40d", "resnest50_fast_2s2x40d", "resnest50_fast_4s2x40d", "resnest50_fast_1s4x24d",
+]
+ALL_MODELS = ["resnest14d", "resnest26d", *OFFICIAL]
