@@ -124,6 +124,7 @@ def test_features_only(output_stride: int, expected: list[int]) -> None:
     assert [o.shape[-1] for o in outs[1:]] == expected  # 64 px input
     sub = splitattn.create_model("resnest14d", features_only=True, out_indices=(2, 4)).eval()
     assert [o.shape[1] for o in sub(x)] == [512, 2048]
+    assert all(torch.equal(a, b) for a, b in zip(torch.jit.script(net)(x), outs))
     with pytest.raises(ValueError, match="out_indices"):
         splitattn.create_model("resnest14d", features_only=True, out_indices=(5,))
 

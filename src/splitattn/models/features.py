@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +20,8 @@ class FeatureListNet(nn.Module):
         ``(B, C, H, W) -> [(B, feature_info[i]["num_chs"], H / r_i, W / r_i) for i in out_indices]``.
     """
 
+    __jit_ignored_attributes__ = ["feature_info", "pretrained_cfg"]
+
     def __init__(self, model: nn.Module, out_indices: Sequence[int] = (1, 2, 3, 4)) -> None:
         super().__init__()
         out_indices = tuple(int(i) for i in out_indices)
@@ -33,10 +34,11 @@ class FeatureListNet(nn.Module):
         self.bn1 = model.bn1
         self.act1 = model.act1
         self.maxpool = model.maxpool
-        last = max(out_indices)
-        for i in range(1, last + 1):
-            self.add_module(f"layer{i}", getattr(model, f"layer{i}"))
-        self.feature_info: list[dict[str, Any]] = [model.feature_info[i] for i in out_indices]
+        self.last = max(out_indices)
+        # Stages past the last requested one are not kept (no compute, no weights to load).
+        for i in range(1, 5):
+            self.add_module(f"layer{i}", getattr(model, f"layer{i}") if i <= self.last else nn.Identity())
+        self.feature_info = [model.feature_info[i] for i in out_indices]
         self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
 
     def channels(self) -> list[int]:
@@ -53,9 +55,19 @@ class FeatureListNet(nn.Module):
         if 0 in self.out_indices:
             outs.append(x)
         x = self.maxpool(x)
-        stages = [self.layer1, self.layer2, self.layer3, self.layer4][: max(self.out_indices)]
-        for i, layer in enumerate(stages):
-            x = layer(x)
-            if i + 1 in self.out_indices:
+        # Unrolled (not a loop over a list of stages) so that torch.jit.script accepts it.
+        x = self.layer1(x)
+        if 1 in self.out_indices:
+            outs.append(x)
+        if self.last >= 2:
+            x = self.layer2(x)
+            if 2 in self.out_indices:
                 outs.append(x)
+        if self.last >= 3:
+            x = self.layer3(x)
+            if 3 in self.out_indices:
+                outs.append(x)
+        if self.last >= 4:
+            x = self.layer4(x)
+            outs.append(x)
         return outs

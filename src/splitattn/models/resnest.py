@@ -167,6 +167,8 @@ class ResNeSt(nn.Module):
         ``forward``: ``(B, in_chans, H, W) -> (B, num_classes)`` with ``H, W >= 32``.
     """
 
+    __jit_ignored_attributes__ = ["feature_info", "pretrained_cfg"]
+
     def __init__(
         self,
         layers: Sequence[int] = (3, 4, 6, 3),
@@ -216,7 +218,7 @@ class ResNeSt(nn.Module):
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
 
-        self.feature_info: list[dict[str, Any]] = [dict(num_chs=inplanes, reduction=2, module="act1")]
+        self.feature_info = [dict(num_chs=inplanes, reduction=2, module="act1")]
         reduction = 4
         for i, (planes, depth, (stride, dilation, first_dilation)) in enumerate(
             zip((64, 128, 256, 512), layers, _stage_strides(output_stride))
