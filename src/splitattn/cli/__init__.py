@@ -8,7 +8,15 @@ import logging
 import sys
 
 # Sub-command modules, in the order `splitattn --help` lists them.
-COMMAND_MODULES = ["info", "demo"]
+COMMAND_MODULES = [
+    "info",
+    "demo",
+    "train",
+    "eval",
+    "predict",
+    "plot",
+    "export_weights",
+]
 
 
 def make_console():

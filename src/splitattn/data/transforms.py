@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -25,8 +24,10 @@ def resolve_eval_cfg(model_or_cfg: Any, img_size: int | None = None, crop_pct: f
         crop_pct: crop side / resized short side (default: the config's, e.g. 224/256 = 0.875).
 
     Returns:
-        dict with ``crop_size``, ``resize_size`` (= floor(crop / crop_pct)), ``interpolation``,
-        ``mean``, ``std``.
+        dict with ``crop_size``, ``resize_size`` (= round(crop / crop_pct)), ``interpolation``,
+        ``mean``, ``std``. Rounding (not flooring) matters: a ratio given to three decimals
+        (``--crop-ratio 0.889`` for 256 / 288), or even the exact ratio in floating point, can put
+        crop / ratio just under an integer, and flooring would give 287 instead of the paper's 288.
     """
     if isinstance(model_or_cfg, str):
         cfg = get_model_cfg(model_or_cfg)
@@ -38,7 +39,7 @@ def resolve_eval_cfg(model_or_cfg: Any, img_size: int | None = None, crop_pct: f
     pct = float(crop_pct or cfg.crop_pct)
     if not 0 < pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {pct}")
-    return dict(crop_size=crop, resize_size=int(math.floor(crop / pct)), interpolation=cfg.interpolation,
+    return dict(crop_size=crop, resize_size=int(round(crop / pct)), interpolation=cfg.interpolation,
                 mean=tuple(cfg.mean), std=tuple(cfg.std))
 
 
@@ -46,7 +47,7 @@ def create_eval_transform(model_or_cfg: Any, img_size: int | None = None,
                           crop_pct: float | None = None) -> T.Compose:
     """PIL image or uint8 tensor -> normalised float tensor ``(3, crop, crop)``.
 
-    Resize the short side to ``floor(crop / crop_pct)`` with the config's interpolation, centre-crop
+    Resize the short side to ``round(crop / crop_pct)`` with the config's interpolation, centre-crop
     ``crop``, scale to [0, 1], normalise with mean/std (the paper's eval protocol).
     """
     e = resolve_eval_cfg(model_or_cfg, img_size, crop_pct)

@@ -352,7 +352,7 @@ _TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download
 
 def _official(name: str, sha: str, top1: float, params: int, gmacs: float, size: int = 224,
               aliases: tuple[str, ...] = (), **arch: Any) -> ModelCfg:
-    crop_pct = round(size / (size + 32), 3)
+    crop_pct = size / (size + 32)  # PAPER.md: crop / (crop + 32), exact (0.888... for 256)
     return ModelCfg(
         name=name, arch=arch, input_size=(3, size, size), crop_pct=crop_pct, interpolation="bicubic",
         url=_OFFICIAL_URL.format(name, sha), hash_prefix=sha, top1=top1, params=params, gmacs=gmacs,
