@@ -1,6 +1,7 @@
 """splitattn: ResNeSt (Split-Attention Networks) for PyTorch."""
 
 from .factory import create_model
+from .inference import optimize_for_inference
 from .models import ModelCfg, ResNeSt, get_model_cfg, list_models, set_drop_block_prob
 from .weights import WeightsError, load_pretrained, save_weights
 
@@ -15,6 +16,7 @@ __all__ = [
     "get_model_cfg",
     "list_models",
     "load_pretrained",
+    "optimize_for_inference",
     "save_weights",
     "set_drop_block_prob",
 ]

@@ -16,6 +16,8 @@ COMMAND_MODULES = [
     "predict",
     "plot",
     "export_weights",
+    "bench",
+    "export",
 ]
 
 

@@ -2,7 +2,7 @@
 
 from .drop import DropBlock2d, drop_block_2d
 from .norm import FrozenBatchNorm2d, get_norm_layer, group_norm
-from .split_attn import SplitAttn, radix_softmax
+from .split_attn import SplitAttn, radix_softmax, radix_weighted_sum
 
 __all__ = [
     "DropBlock2d",
@@ -12,4 +12,5 @@ __all__ = [
     "get_norm_layer",
     "group_norm",
     "radix_softmax",
+    "radix_weighted_sum",
 ]

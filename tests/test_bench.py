@@ -1,0 +1,65 @@
+"""Smoke test of the benchmark harness at a tiny size (no timing asserts)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import torch
+
+from splitattn.cli import main
+from splitattn.cli.bench import add_arguments, run_benchmark, saved_activation_mb
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_rows_ratios_and_timm_columns() -> None:
+    # Small stand-ins for the reference rows keep the test cheap; the harness is the same.
+    args = _args("--device", "cpu", "--models", "splitattn:resnest14d", "timm:resnest14d", "tv:resnet18",
+                 "--ref-resnest", "timm:resnest14d", "--ref-resnet", "tv:resnet18",
+                 "-b", "2", "--img-size", "32", "--rounds", "2", "--steps", "1", "--warmup", "1",
+                 "--optimized")
+    rows = run_benchmark(args, log=lambda _: None)
+    by = {r["model"]: r for r in rows}
+    assert set(by) == {"splitattn:resnest14d", "timm:resnest14d", "tv:resnet18",
+                       "splitattn:resnest14d (optimized)"}
+    for r in rows:
+        assert r["infer_samples_per_sec"] > 0 and r["infer_batch_size"] == 2 and r["infer_img_size"] == 32
+        assert r["infer_step_time"] > 0 and r["param_count"] > 0
+    assert by["timm:resnest14d"]["infer_vs_timm_resnest50d"] == 1.0
+    assert by["tv:resnet18"]["train_vs_resnet50"] == 1.0
+    assert "train_samples_per_sec" not in by["splitattn:resnest14d (optimized)"]
+    saved = {k: by[k]["train_saved_activations_mb"] for k in ("splitattn:resnest14d", "timm:resnest14d")}
+    assert all(v > 0 for v in saved.values())
+    assert saved["splitattn:resnest14d"] <= saved["timm:resnest14d"]
+    assert by["splitattn:resnest14d"]["param_count"] == 10.61
+
+
+def test_saved_activation_mb_counts_storage_once() -> None:
+    w = torch.randn(256, 256, requires_grad=True)
+    x = torch.randn(1024, 256)
+
+    def step() -> torch.Tensor:
+        h = x @ w  # saves x (1 MiB); w is a parameter and not counted
+        return (h * h).sum()  # saves h twice, the same storage: 1 MiB
+
+    assert abs(saved_activation_mb(step) - 2.0) < 1e-6
+
+
+def test_cli_writes_csv_and_json(tmp_path: Path) -> None:
+    rc = main(["bench", "-q", "--device", "cpu", "--models", "splitattn:resnest14d", "--mode", "infer",
+               "-b", "1", "--img-size", "32", "--rounds", "1", "--steps", "1", "--warmup", "0", "--onnx",
+               "--csv", str(tmp_path / "r.csv"), "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [r["model"] for r in rows] == ["splitattn:resnest14d", "onnx:resnest14d"]
+    with open(tmp_path / "r.csv") as f:
+        header = next(csv.reader(f))
+    for col in ("model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size", "param_count"):
+        assert col in header

@@ -1,0 +1,129 @@
+"""optimize_for_inference: BatchNorms folded, same outputs, eval-only, channels_last, compile/script/AMP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import splitattn
+from splitattn.inference import fold_batchnorms, fuse_conv_bn, optimize_for_inference
+
+
+@torch.no_grad()
+def _randomise_norms(model: nn.Module) -> nn.Module:
+    """Non-trivial statistics for BatchNorm and FrozenBatchNorm2d alike (same scales as conftest's
+    ``randomize_stats``, which keep the logits of the deep models of order 1-10)."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if getattr(m, "running_var", None) is not None:
+            n = m.running_var.numel()
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+            m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+        elif isinstance(m, nn.Linear):
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
+    return model
+
+
+def _norm_count(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in type(m).__name__
+               for m in model.modules())
+
+
+# The 200/269-layer models dominate this file's runtime: marked slow (deselect with -m "not slow").
+_ZOO = [pytest.param(n, marks=pytest.mark.slow) if n in ("resnest200", "resnest269") else n
+        for n in splitattn.list_models()]
+
+
+@pytest.mark.parametrize("name", _ZOO)
+def test_every_zoo_model_folds_to_same_output(name: str) -> None:
+    torch.manual_seed(0)
+    model = _randomise_norms(splitattn.create_model(name, num_classes=10)).eval()
+    n_bn = _norm_count(model)
+    opt = optimize_for_inference(model)
+    assert _norm_count(opt) == 0 and n_bn > 0
+    assert _norm_count(model) == n_bn, "the original must be left untouched"
+    assert opt.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32)  # the smallest input the network takes: cheap for the deep models
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(opt(x), ref, rtol=0, atol=1e-4)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(opt(x_cl), ref, rtol=0, atol=1e-4)
+
+
+def test_fold_count_resnest50() -> None:
+    model = splitattn.create_model("resnest50").eval()
+    # 3 stem BNs (two inside conv1, bn1 after it), 4 per block x 16 blocks, 4 shortcut BNs.
+    assert fold_batchnorms(model) == 71
+    assert _norm_count(model) == 0
+
+
+def test_eval_only_and_scriptable() -> None:
+    torch.manual_seed(0)
+    model = _randomise_norms(splitattn.create_model("resnest14d", num_classes=10)).eval()
+    opt = optimize_for_inference(model)
+    with pytest.raises(RuntimeError, match="eval-only"):
+        opt.train()
+    opt.eval()  # allowed
+    assert not any(p.requires_grad for p in opt.parameters())
+    x = torch.randn(2, 3, 64, 64)
+    scripted = torch.jit.script(opt)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), opt(x))
+
+
+def test_frozen_bn_folds_and_groupnorm_stays() -> None:
+    torch.manual_seed(0)
+    frozen = splitattn.create_model("resnest14d", num_classes=10, norm_layer="frozenbn")
+    frozen = _randomise_norms(frozen).eval()
+    opt = optimize_for_inference(frozen)
+    assert _norm_count(frozen) > 0 and _norm_count(opt) == 0
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(opt(x), frozen(x), rtol=0, atol=1e-4)
+    gn = splitattn.create_model("resnest14d", num_classes=10, norm_layer="groupnorm").eval()
+    opt_gn = optimize_for_inference(gn)
+    assert sum(isinstance(m, nn.GroupNorm) for m in opt_gn.modules()) == sum(
+        isinstance(m, nn.GroupNorm) for m in gn.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(opt_gn(x), gn(x), rtol=0, atol=1e-4)
+
+
+def test_features_only_backbone_folds() -> None:
+    torch.manual_seed(0)
+    model = _randomise_norms(splitattn.create_model("resnest14d", features_only=True)).eval()
+    opt = optimize_for_inference(model)
+    assert _norm_count(opt) == 0
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(opt(x), model(x), strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+def test_fuse_conv_bn_grouped_with_bias() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, 3, stride=2, padding=2, dilation=2, groups=4, bias=True)
+    bn = _randomise_norms(nn.BatchNorm2d(12)).eval()
+    x = torch.randn(2, 8, 11, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(fuse_conv_bn(conv, bn)(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="eval-mode"):
+        fold_batchnorms(nn.Sequential(conv, bn).train())
+
+
+def test_autocast_and_compile() -> None:
+    torch.manual_seed(0)
+    model = _randomise_norms(splitattn.create_model("resnest14d", num_classes=10)).eval()
+    opt = optimize_for_inference(model)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = opt(x)
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05 * float(ref.abs().max()))
+        compiled = torch.compile(opt, fullgraph=True)
+        torch.testing.assert_close(compiled(x), ref, rtol=0, atol=1e-4)
