@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "predict",
     "plot",
     "export_weights",
+    "tasks",
     "bench",
     "export",
 ]

@@ -1,0 +1,72 @@
+"""``splitattn detect train|eval`` and ``splitattn segment train|eval`` (configs in configs/<task>/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+_TASK = {"detect": "detection", "segment": "segmentation"}
+
+
+def _config(args: argparse.Namespace) -> dict:
+    from ..tasks.config import parse_overrides, resolve_task_config
+
+    task = _TASK[args.command]
+    overrides = parse_overrides(args.overrides, task)
+    for key in ("output", "resume", "device", "amp", "max_iter", "batch_size"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    return resolve_task_config(task, args.config, overrides)
+
+
+def _print(metrics: dict, title: str) -> None:
+    from . import make_console
+
+    console = make_console()
+    console.print(f"[bold]{title}[/bold]")
+    for k, v in metrics.items():
+        console.print(f"  {k:>12}: {v:.4f}" if isinstance(v, float) else f"  {k:>12}: {v}")
+    print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, int | float)}))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..tasks.train import train
+
+    metrics = train(_config(args))
+    if metrics:
+        _print(metrics, "final evaluation")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..tasks.train import evaluate_checkpoint
+
+    _print(evaluate_checkpoint(_config(args), args.checkpoint), f"evaluation of {args.checkpoint}")
+    return 0
+
+
+def _add(sub: argparse._SubParsersAction, command: str, help_text: str) -> None:
+    p = sub.add_parser(command, help=help_text)
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, func in (("train", run_train), ("eval", run_eval)):
+        what = "train (torchrun for DDP)" if action == "train" else "evaluate a checkpoint"
+        a = actions.add_parser(action, help=what)
+        a.add_argument("--config", "-c", help=f"YAML, e.g. configs/{_TASK[command]}/...yaml")
+        a.add_argument("--device", help="cpu | cuda | auto")
+        a.add_argument("--amp", choices=["bf16", "fp16", "off"])
+        if action == "train":
+            a.add_argument("--output", "-o", help="run folder (checkpoints, metrics.jsonl)")
+            a.add_argument(
+                "--resume", help="'auto' (latest checkpoint in the run folder) or a checkpoint path"
+            )
+            a.add_argument("--max-iter", dest="max_iter", type=int)
+            a.add_argument("--batch-size", dest="batch_size", type=int, help="global batch")
+        else:
+            a.add_argument("--checkpoint", required=True, help="last.ckpt of a train run")
+        a.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. lr=0.01")
+        a.set_defaults(func=func)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _add(sub, "detect", "Faster / Cascade / Mask R-CNN + FPN on ResNeSt: train or evaluate (COCO mAP)")
+    _add(sub, "segment", "DeepLabV3 on dilated ResNeSt: train or evaluate (pixel acc, mIoU)")
