@@ -179,6 +179,10 @@ def test_bad_input_errors_name_problem_and_fix() -> None:
     assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
     gn = splitattn.create_model("resnest14d", norm_layer="groupnorm").train()
     assert gn(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    # The attention vector's norm is a one-group GroupNorm, so the gate depends on the input.
+    assert gn.layer1[0].conv2.bn1.num_groups == 1 and gn.layer1[0].bn1.num_groups > 1
+    a = gn.layer1[0].conv2.attention(torch.rand(2, 128, 8, 8))
+    assert a.std(0).max() > 1e-3
     fe = splitattn.create_model("resnest14d", features_only=True)
     with pytest.raises(ValueError, match="input channels"):
         fe(torch.randn(2, 4, 64, 64))

@@ -126,6 +126,22 @@ def test_num_classes_and_in_chans_adaptation(tmp_path, caplog) -> None:
         assert (six(g.expand(-1, 6, -1, -1)) - ref(g.expand(-1, 3, -1, -1))).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize("norm", ["frozenbn", "groupnorm"])
+def test_pretrained_into_other_norms(norm: str, tmp_path) -> None:
+    """BN checkpoints load into FrozenBN models (same function) and GroupNorm models (affine params only
+    where shapes allow: here, none of BN's statistics, so the strict check names them)."""
+    ref = randomize_stats(splitattn.create_model("resnest14d")).eval()
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    if norm == "frozenbn":
+        m = splitattn.create_model("resnest14d", norm_layer=norm, pretrained=str(tmp_path / "w.pth")).train()
+        x = torch.randn(1, 3, 64, 64)  # FrozenBN: a training batch of 1 is fine and matches eval BN
+        with torch.no_grad():
+            assert (m(x) - ref(x)).abs().max().item() <= 1e-4
+    else:
+        with pytest.raises(WeightsError, match="unexpected keys .*running_mean"):
+            splitattn.create_model("resnest14d", norm_layer=norm, pretrained=str(tmp_path / "w.pth"))
+
+
 def test_key_errors_name_keys_and_model(tmp_path) -> None:
     sd = splitattn.create_model("resnest14d").state_dict()
     sd.pop("layer1.0.conv1.weight")

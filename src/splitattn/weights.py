@@ -205,6 +205,9 @@ def load_pretrained(
     sd, meta = read_state_dict(path)
     _check_saved_arch(meta, cfg, path)
 
+    # FrozenBatchNorm2d and GroupNorm keep no batch counter: drop the counters the file has.
+    own_keys = model.state_dict().keys()
+    sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked") or k in own_keys}
     first_conv = getattr(cfg, "first_conv", "conv1.0") + ".weight"
     classifier = getattr(cfg, "classifier", "fc")
     own = model.state_dict()

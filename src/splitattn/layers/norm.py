@@ -23,6 +23,14 @@ def group_norm(num_channels: int, max_groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(groups, num_channels)
 
 
+def attention_norm_layer(norm: NormLayer) -> NormLayer:
+    """The norm for split attention's pooled 1x1 vector given the network's norm: GroupNorm becomes a
+    one-group GroupNorm (normalising across the vector), anything else is kept."""
+    if norm is group_norm or (isinstance(norm, type) and issubclass(norm, nn.GroupNorm)):
+        return lambda c: nn.GroupNorm(1, c)
+    return norm
+
+
 _NORMS: dict[str, NormLayer] = {
     "batchnorm": nn.BatchNorm2d,
     "bn": nn.BatchNorm2d,

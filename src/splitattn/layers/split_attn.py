@@ -55,6 +55,9 @@ class SplitAttn(nn.Module):
         radix: ``R >= 1``.
         reduction: channel reduction of ``fc1``; ``inter = max(in_channels * R // reduction, 32)``.
         norm_layer: callable ``(num_channels) -> nn.Module``.
+        attn_norm_layer: norm of the pooled ``(B, inter, 1, 1)`` vector (``bn1``); defaults to
+            ``norm_layer``. GroupNorm needs one group here (a LayerNorm over the vector): with one value
+            per channel, a group of 1-2 channels has nothing to normalise over.
         drop_block: optional DropBlock applied after ``bn0`` (ResNeSt places it there).
 
     Shape:
@@ -74,6 +77,7 @@ class SplitAttn(nn.Module):
         reduction: int = 4,
         min_inter: int = 32,
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        attn_norm_layer: Callable[[int], nn.Module] | None = None,
         drop_block: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -93,7 +97,7 @@ class SplitAttn(nn.Module):
         self.drop = drop_block if drop_block is not None else nn.Identity()
         self.act0 = nn.ReLU(inplace=True)
         self.fc1 = nn.Conv2d(out_channels, inter, 1, groups=groups)
-        self.bn1 = norm_layer(inter)
+        self.bn1 = (attn_norm_layer or norm_layer)(inter)
         self.act1 = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(inter, out_channels * radix, 1, groups=groups)
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..layers import DropBlock2d, SplitAttn, get_norm_layer
-from ..layers.norm import NormLayer
+from ..layers.norm import NormLayer, attention_norm_layer
 from .registry import ModelCfg, register_model
 
 MIN_INPUT_SIZE = 32
@@ -96,7 +96,8 @@ class ResNeStBottleneck(nn.Module):
         if radix >= 1:
             self.conv2 = SplitAttn(
                 group_width, group_width, 3, conv_stride, dilation, dilation, groups=cardinality,
-                radix=radix, norm_layer=norm_layer, drop_block=drop_block(),
+                radix=radix, norm_layer=norm_layer, attn_norm_layer=attention_norm_layer(norm_layer),
+                drop_block=drop_block(),
             )
             self.bn2 = nn.Identity()
             self.drop_block2 = nn.Identity()
