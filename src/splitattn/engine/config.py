@@ -86,17 +86,24 @@ def suggest_key(key: str, valid: list[str] | None = None) -> str:
     return f" (did you mean '{close[0]}'?)" if close else f"; valid keys: {', '.join(valid)}"
 
 
-def _check_keys(d: dict[str, Any], where: str) -> None:
-    for k in d:
-        if k not in DEFAULTS:
-            raise ValueError(f"unknown config key '{k}' in {where}{suggest_key(k)}")
+def load_yaml_config(
+    path: str | os.PathLike,
+    valid: dict[str, Any] | None = None,
+    where_to_look: str = "see the recipes in configs/",
+    _seen: tuple[Path, ...] = (),
+) -> dict[str, Any]:
+    """Read a recipe YAML, following ``_base_: other.yaml`` (relative to the file) recursively.
 
-
-def load_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a recipe YAML, following ``_base_: other.yaml`` (relative to the file) recursively."""
+    Args:
+        path: the YAML file.
+        valid: the known keys (default: the classification recipe's); an unknown key raises a
+            ValueError naming the file and the closest valid key.
+        where_to_look: the hint given when the file does not exist.
+    """
     path = Path(path)
+    valid = DEFAULTS if valid is None else valid
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist; see the recipes in configs/")
+        raise FileNotFoundError(f"config file {path} does not exist; {where_to_look}")
     if path.resolve() in _seen:
         raise ValueError(f"config {path} inherits from itself through _base_")
     try:
@@ -106,10 +113,10 @@ def load_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> d
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of keys to values")
     base = data.pop("_base_", None)
-    _check_keys(data, f"config file {path}")
-    out: dict[str, Any] = {}
-    if base:
-        out = load_yaml_config(path.parent / base, (*_seen, path.resolve()))
+    for k in data:
+        if k not in valid:
+            raise ValueError(f"unknown config key '{k}' in config file {path}{suggest_key(k, sorted(valid))}")
+    out = load_yaml_config(path.parent / base, valid, where_to_look, (*_seen, path.resolve())) if base else {}
     out.update(data)
     return out
 

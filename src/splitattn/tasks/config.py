@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ..engine.config import suggest_key
+from ..engine.config import load_yaml_config, suggest_key
 
 _RUNTIME: dict[str, Any] = {
     "amp": "off",  # bf16 | fp16 | off
@@ -116,28 +116,6 @@ def defaults_for(task: str) -> dict[str, Any]:
     return copy.deepcopy(DETECTION_DEFAULTS if task == "detection" else SEGMENTATION_DEFAULTS)
 
 
-def _load_yaml(path: Path, valid: dict[str, Any], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"config file {path} does not exist; see configs/detection/ and configs/segmentation/"
-        )
-    if path.resolve() in seen:
-        raise ValueError(f"config {path} inherits from itself through _base_")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"config file {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of keys to values")
-    base = data.pop("_base_", None)
-    for k in data:
-        if k not in valid:
-            raise ValueError(f"unknown config key '{k}' in {path}{suggest_key(k, sorted(valid))}")
-    out = _load_yaml(path.parent / base, valid, (*seen, path.resolve())) if base else {}
-    out.update(data)
-    return out
-
-
 def parse_overrides(items: list[str], task: str) -> dict[str, Any]:
     """``["lr=0.01", "max_iter=100"]`` -> dict, values parsed as YAML; unknown keys raise."""
     valid = defaults_for(task)
@@ -164,7 +142,7 @@ def resolve_task_config(
     """Defaults <- YAML (with bases) <- overrides, checked and coerced."""
     cfg = defaults_for(task)
     if config_file:
-        loaded = _load_yaml(Path(config_file), cfg)
+        loaded = load_yaml_config(Path(config_file), cfg, "see configs/detection/ and configs/segmentation/")
         if loaded.get("task", task) != task:
             raise ValueError(f"config {config_file} is a {loaded['task']} config, not {task}")
         cfg.update(loaded)
