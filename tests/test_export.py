@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnxruntime  # noqa: F401  (a test dependency: a missing one must fail, not skip)
 import pytest
 import torch
 
 import splitattn
 from splitattn.cli import main
 from splitattn.export import export_onnx, export_torchscript, onnx_max_abs_diff, torchscript_max_abs_diff
-
-pytest.importorskip("onnxruntime")
-
 
 # The 200- and 269-layer graphs take ~20-30 s each to export and load: marked slow so a quick run can
 # deselect them with -m "not slow"; they run by default.
