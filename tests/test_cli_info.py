@@ -31,3 +31,13 @@ def test_python_dash_m_help() -> None:
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+def test_packaged_demo_recipe_is_the_repo_one() -> None:
+    """The demo recipe ships inside the package (for installed use); it must not drift from configs/."""
+    from pathlib import Path
+
+    from splitattn.cli.demo import demo_config_path
+
+    repo = Path(__file__).resolve().parents[1] / "configs" / "demo_digits.yaml"
+    assert demo_config_path().read_text() == repo.read_text()
