@@ -171,6 +171,25 @@ class CocoDetection(Dataset):
         return image, target
 
 
+def _find_pairs(
+    img_dir: Path, lab_dir: Path, pattern: str, label_of: Callable[[Path], Path], layout: str
+) -> list[tuple[Path, Path]]:
+    """(image, label map) pairs: images matching ``pattern`` under ``img_dir``, each with the label map
+    ``label_of(image)``; a missing folder, label map or image set raises, naming the path and ``layout``."""
+    for d in (img_dir, lab_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d} not found: {layout}")
+    pairs = []
+    for img in sorted(img_dir.glob(pattern)):
+        lab = label_of(img)
+        if not lab.is_file():
+            raise FileNotFoundError(f"label map {lab} for image {img} is missing")
+        pairs.append((img, lab))
+    if not pairs:
+        raise FileNotFoundError(f"no {pattern} images under {img_dir}")
+    return pairs
+
+
 class _SegFolder(Dataset):
     """(image, label map) pairs with a label lookup table; subclasses find the pairs."""
 
@@ -223,20 +242,10 @@ class ADE20KSegmentation(_SegFolder):
     ) -> None:
         root = Path(root)
         img_dir, ann_dir = root / "images" / split, root / "annotations" / split
-        for d in (img_dir, ann_dir):
-            if not d.is_dir():
-                raise FileNotFoundError(
-                    f"{d} not found: ADE20K layout is root/images/{split}/*.jpg and "
-                    f"root/annotations/{split}/*.png"
-                )
-        pairs = []
-        for img in sorted(img_dir.glob("*.jpg")):
-            lab = ann_dir / f"{img.stem}.png"
-            if not lab.is_file():
-                raise FileNotFoundError(f"label map {lab} for image {img} is missing")
-            pairs.append((img, lab))
-        if not pairs:
-            raise FileNotFoundError(f"no .jpg images in {img_dir}")
+        pairs = _find_pairs(
+            img_dir, ann_dir, "*.jpg", lambda img: ann_dir / f"{img.stem}.png",
+            f"ADE20K layout is root/images/{split}/*.jpg and root/annotations/{split}/*.png",
+        )
         lut = np.full(256, self.ignore_index, np.uint8)
         lut[1 : num_classes + 1] = np.arange(num_classes)
         super().__init__(pairs, lut, num_classes, transforms)
@@ -251,21 +260,15 @@ class CityscapesSegmentation(_SegFolder):
     def __init__(self, root: str | Path, split: str = "train", transforms: Callable | None = None) -> None:
         root = Path(root)
         img_dir, gt_dir = root / "leftImg8bit" / split, root / "gtFine" / split
-        for d in (img_dir, gt_dir):
-            if not d.is_dir():
-                raise FileNotFoundError(
-                    f"{d} not found: Cityscapes layout is root/leftImg8bit/{split}/<city>/ "
-                    f"and root/gtFine/{split}/<city>/"
-                )
-        pairs = []
-        for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
+
+        def label_of(img: Path) -> Path:
             stem = img.name[: -len("_leftImg8bit.png")]
-            lab = gt_dir / img.parent.name / f"{stem}_gtFine_labelIds.png"
-            if not lab.is_file():
-                raise FileNotFoundError(f"label map {lab} for image {img} is missing")
-            pairs.append((img, lab))
-        if not pairs:
-            raise FileNotFoundError(f"no *_leftImg8bit.png images under {img_dir}/<city>/")
+            return gt_dir / img.parent.name / f"{stem}_gtFine_labelIds.png"
+
+        pairs = _find_pairs(
+            img_dir, gt_dir, "*/*_leftImg8bit.png", label_of,
+            f"Cityscapes layout is root/leftImg8bit/{split}/<city>/ and root/gtFine/{split}/<city>/",
+        )
         lut = np.full(256, self.ignore_index, np.uint8)
         for k, v in CITYSCAPES_LABEL_TO_TRAIN.items():
             lut[k] = v
