@@ -43,6 +43,12 @@ def reference_model(name: str) -> torch.nn.Module:
     return getattr(official, name)()
 
 
+# A tiny, fast `splitattn train` on CPU: resnest14d narrowed to width 8, 32 px, no workers or logs.
+TINY_TRAIN_ARGS = [
+    "--model", "resnest14d", "--img-size", "32", "--workers", "0", "--device", "cpu", "--no-progress-bar",
+    "--set", "model_kwargs={stem_width: 8, base_width: 8}", "--set", "tensorboard=false",
+]
+
 OFFICIAL = [
     "resnest50", "resnest101", "resnest200", "resnest269",
     "resnest50_fast_1s1x64d", "resnest50_fast_2s1x64d", "resnest50_fast_4s1x64d",

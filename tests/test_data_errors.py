@@ -6,32 +6,21 @@ import shutil
 
 import pytest
 
+from conftest import TINY_TRAIN_ARGS
 from splitattn.cli import main
 from splitattn.data.synthetic import make_synthetic_imagefolder
 from splitattn.engine.config import parse_override, resolve_config
 
 FAST = [
-    "--model",
-    "resnest14d",
-    "--img-size",
-    "32",
+    *TINY_TRAIN_ARGS,
     "--batch-size",
     "2",
     "--epochs",
     "1",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--no-progress-bar",
-    "--set",
-    "model_kwargs={stem_width: 8, base_width: 8}",
     "--set",
     "mixup_alpha=0",
     "--set",
     "auto_augment=null",
-    "--set",
-    "tensorboard=false",
 ]
 
 

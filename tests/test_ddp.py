@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from conftest import TINY_TRAIN_ARGS
 from splitattn.data.synthetic import make_synthetic_imagefolder
 from splitattn.engine import load_checkpoint
 
@@ -22,31 +23,21 @@ def _args(data, out, batch):
         str(data),
         "--output",
         str(out),
-        "--model",
-        "resnest14d",
-        "--img-size",
-        "32",
+        *TINY_TRAIN_ARGS,
         "--batch-size",
         str(batch),
         "--epochs",
         "2",
         "--lr",
         "0.02",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
         "--seed",
         "5",
-        "--no-progress-bar",
         "--set",
-        "model_kwargs={stem_width: 8, base_width: 8}",
         "norm_layer=groupnorm",
         "mixup_alpha=0",
         "drop_block_rate=0",
         "warmup_epochs=1",
         "auto_augment=imagenet",
-        "tensorboard=false",
     ]
 
 

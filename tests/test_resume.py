@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from conftest import TINY_TRAIN_ARGS
 from splitattn.data.synthetic import make_synthetic_imagefolder
 from splitattn.engine import load_checkpoint
 
@@ -26,33 +27,23 @@ def _cmd(data, out, *extra):
         str(data),
         "--output",
         str(out),
-        "--model",
-        "resnest14d",
-        "--img-size",
-        "32",
+        *TINY_TRAIN_ARGS,
         "--batch-size",
         "4",
         "--epochs",
         "3",
         "--lr",
         "0.02",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
         "--seed",
         "3",
         "--checkpoint-interval",
         "2",
         "--ema",
-        "--no-progress-bar",
         "--set",
-        "model_kwargs={stem_width: 8, base_width: 8}",
         "warmup_epochs=1",
         "auto_augment=imagenet",
         "mixup_alpha=0.2",
         "drop_block_rate=0.1",
-        "tensorboard=false",
         "ema_decay=0.9",
         *extra,
     ]

@@ -8,27 +8,12 @@ import pytest
 import torch
 
 import splitattn
+from conftest import TINY_TRAIN_ARGS
 from splitattn.cli import main
 from splitattn.data.synthetic import make_synthetic_imagefolder
 from splitattn.engine import load_checkpoint, read_metrics
 
-SMALL = [
-    "--model",
-    "resnest14d",
-    "--img-size",
-    "32",
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--no-progress-bar",
-    "--set",
-    "model_kwargs={stem_width: 8, base_width: 8}",
-    "--set",
-    "tensorboard=false",
-    "--set",
-    "crop_pct=1.0",
-]
+SMALL = [*TINY_TRAIN_ARGS, "--set", "crop_pct=1.0"]
 
 
 @pytest.fixture(scope="module")
