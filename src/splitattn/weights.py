@@ -205,12 +205,11 @@ def load_pretrained(
     sd, meta = read_state_dict(path)
     _check_saved_arch(meta, cfg, path)
 
+    own = model.state_dict()
     # FrozenBatchNorm2d and GroupNorm keep no batch counter: drop the counters the file has.
-    own_keys = model.state_dict().keys()
-    sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked") or k in own_keys}
+    sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked") or k in own}
     first_conv = getattr(cfg, "first_conv", "conv1.0") + ".weight"
     classifier = getattr(cfg, "classifier", "fc")
-    own = model.state_dict()
     if first_conv in sd and first_conv in own and sd[first_conv].shape[1] != own[first_conv].shape[1]:
         sd[first_conv] = adapt_input_conv(sd[first_conv], own[first_conv].shape[1])
         log.info("%s: adapted %s to %d input channels", name, first_conv, own[first_conv].shape[1])
