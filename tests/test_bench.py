@@ -28,7 +28,7 @@ def test_rows_ratios_and_timm_columns() -> None:
     rows = run_benchmark(args, log=lambda _: None)
     by = {r["model"]: r for r in rows}
     assert set(by) == {"splitattn:resnest14d", "timm:resnest14d", "tv:resnet18",
-                       "splitattn:resnest14d (optimized)"}
+                       "splitattn:resnest14d (BN folded only)", "splitattn:resnest14d (optimized)"}
     for r in rows:
         assert r["infer_samples_per_sec"] > 0 and r["infer_batch_size"] == 2 and r["infer_img_size"] == 32
         assert r["infer_step_time"] > 0 and r["param_count"] > 0

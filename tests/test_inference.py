@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torch import nn
 
 import splitattn
-from splitattn.inference import fold_batchnorms, fuse_conv_bn, optimize_for_inference
+from splitattn.inference import fold_batchnorms, fuse_activations, fuse_conv_bn, optimize_for_inference
+from splitattn.layers import FusedConv2d
+from splitattn.layers.fused_conv import onednn_fast_path_available
 
 
 @torch.no_grad()
@@ -127,3 +132,105 @@ def test_autocast_and_compile() -> None:
         torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05 * float(ref.abs().max()))
         compiled = torch.compile(opt, fullgraph=True)
         torch.testing.assert_close(compiled(x), ref, rtol=0, atol=1e-4)
+
+
+# --- fused convs (ReLU / residual add in the conv; prepacked oneDNN on CPU) ---------------------------------
+
+_FAST = onednn_fast_path_available()
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # raised by mkldnn.flags() on builds without XPU
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(in_channels=8, out_channels=12, kernel_size=3, stride=2, padding=2, dilation=2, groups=4,
+             bias=True),
+        dict(in_channels=16, out_channels=32, kernel_size=1, bias=False),
+        dict(in_channels=6, out_channels=8, kernel_size=3, padding=1, groups=2, bias=True),
+    ],
+)
+def test_fused_conv_equals_conv_add_relu(cfg: dict, channels_last: bool) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(**cfg)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, cfg["in_channels"], 13, 11).contiguous(memory_format=fmt)
+    with torch.no_grad():
+        ref = conv(x)
+        res = torch.randn_like(ref).contiguous(memory_format=fmt)
+        plain = FusedConv2d.from_conv(conv, activation="none")
+        relu = FusedConv2d.from_conv(conv, activation="relu")
+        assert relu.weight is conv.weight  # shares the parameters: same state dict
+        torch.testing.assert_close(plain(x), ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(relu(x), torch.relu(ref), rtol=0, atol=1e-5)
+        torch.testing.assert_close(relu(x, res), torch.relu(ref + res), rtol=0, atol=1e-5)
+        assert torch.equal(res, res.clone())
+        res_before = res.clone()
+        out = relu(x, res, reuse_residual=False)
+        assert torch.equal(res, res_before), "without reuse_residual the residual must stay untouched"
+        out = relu(x, res, reuse_residual=True)
+        torch.testing.assert_close(out, torch.relu(ref + res_before), rtol=0, atol=1e-5)
+        if _FAST:
+            assert out.data_ptr() == res.data_ptr(), "oneDNN path should write into the reused residual"
+        # The unfused ATen path (oneDNN disabled) gives the same numbers.
+        with torch.backends.mkldnn.flags(enabled=False):
+            torch.testing.assert_close(relu(x, res_before), torch.relu(ref + res_before), rtol=0, atol=1e-5)
+    # With autograd the fused conv is the ordinary differentiable sequence.
+    y = relu(x.requires_grad_(), res_before)
+    y.sum().backward()
+    assert conv.weight.grad is not None and x.grad is not None
+
+
+def test_fused_conv_cache_follows_weights_and_copies() -> None:
+    torch.manual_seed(0)
+    conv = FusedConv2d.from_conv(nn.Conv2d(4, 6, 3, padding=1), activation="relu")
+    x = torch.randn(2, 4, 9, 9)
+    with torch.no_grad():
+        before = conv(x)
+        conv.load_state_dict({"weight": conv.weight * 2, "bias": conv.bias * 2})
+        torch.testing.assert_close(conv(x), before * 2, rtol=1e-5, atol=1e-5)  # relu(2z) = 2 relu(z)
+        conv(torch.randn(1, 4, 5, 7))  # a second input shape: its own packed weight
+        if _FAST:
+            assert len(conv._packed) == 3  # two shapes, and the weights' version
+        clone = copy.deepcopy(conv)
+        restored = pickle.loads(pickle.dumps(conv))
+        for c in (clone, restored):
+            assert c._packed == {}
+            torch.testing.assert_close(c(x), before * 2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="activation"):
+        FusedConv2d(4, 4, 1, activation="gelu")
+
+
+def test_fuse_activations_counts_and_keeps_outputs() -> None:
+    torch.manual_seed(0)
+    model = _randomise_norms(splitattn.create_model("resnest50", num_classes=10)).eval()
+    folded = optimize_for_inference(model, fuse=False)
+    assert fuse_activations(folded) == 67  # 3 stem convs + 16 blocks x (conv1, split conv, fc1, conv3)
+    assert not any(isinstance(m, nn.ReLU) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=0, atol=1e-4)
+    gn = optimize_for_inference(splitattn.create_model("resnest14d", norm_layer="groupnorm").eval())
+    assert not any(isinstance(m, FusedConv2d) for m in gn.modules()), "a conv before GroupNorm cannot fuse"
+
+
+def test_fused_model_does_not_overwrite_what_a_hook_holds() -> None:
+    """Blocks write over their input only when nothing else can see it: a forward hook keeps its tensor."""
+    torch.manual_seed(0)
+    model = _randomise_norms(splitattn.create_model("resnest14d", num_classes=10)).eval()
+    opt = optimize_for_inference(model)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    got, want = {}, {}
+    with torch.no_grad():
+        for net, store in ((model, want), (opt, got)):
+            block = net.layer1[0]
+            hooks = [block.register_forward_hook(lambda m, i, o, s=store: s.__setitem__("b0", o)),
+                     block.register_forward_hook(lambda m, i, o, s=store: s.__setitem__("b0c", o.clone()))]
+            net(x)
+            for h in hooks:
+                h.remove()
+        torch.testing.assert_close(got["b0"], want["b0"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(got["b0"], got["b0c"], rtol=0, atol=0)
+        # Without hooks the same model reuses buffers and still gives the same logits.
+        torch.testing.assert_close(opt(x), model(x), rtol=0, atol=1e-4)
+        assert torch.equal(x, x.clone())

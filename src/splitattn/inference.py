@@ -12,6 +12,11 @@ conv ``conv/bn0`` and ``fc1/bn1``. The BN modules become ``nn.Identity``, the mo
 and it is eval-only: ``.train()`` raises. ``nn.BatchNorm2d``, ``nn.SyncBatchNorm`` and torchvision's
 ``FrozenBatchNorm2d`` fold; ``GroupNorm`` normalises with statistics of the current input and cannot fold,
 so it is left in place.
+
+:func:`fuse_activations` then turns every folded conv that is followed by a ReLU, and each block's last
+conv with the residual add and ReLU after it, into a :class:`~splitattn.layers.FusedConv2d`: on CPU in fp32
+these run as single prepacked oneDNN convolutions with post-ops; everywhere else they are the same ATen ops
+as before.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .layers.drop import DropBlock2d
+from .layers.fused_conv import FusedConv2d
 from .layers.split_attn import SplitAttn
 from .models.resnest import ResNeStBottleneck
 
-__all__ = ["fold_batchnorms", "fuse_conv_bn", "is_foldable_norm", "optimize_for_inference"]
+__all__ = [
+    "fold_batchnorms", "fuse_activations", "fuse_conv_bn", "is_foldable_norm", "optimize_for_inference",
+]
 
 
 def is_foldable_norm(m: nn.Module) -> bool:
@@ -123,6 +132,118 @@ def fold_batchnorms(model: nn.Module) -> int:
     return n
 
 
+# What may sit between a folded conv and its ReLU in an eval-only model: the folded BN's Identity and
+# DropBlock (the identity in eval mode).
+_PASS_THROUGH = (nn.Identity, DropBlock2d)
+
+
+def _fuse_into(parent: nn.Module, conv_name: str, between: list[str], act_name: str) -> int:
+    """Fuse ``parent.<act_name>`` (a ReLU) into ``parent.<conv_name>`` if only pass-throughs separate them."""
+    conv, act = parent._modules.get(conv_name), parent._modules.get(act_name)
+    if type(conv) is not nn.Conv2d or not isinstance(act, nn.ReLU) or conv.padding_mode != "zeros":
+        return 0
+    if not all(isinstance(parent._modules.get(n), _PASS_THROUGH) for n in between):
+        return 0
+    parent._modules[conv_name] = FusedConv2d.from_conv(conv, activation="relu")
+    parent._modules[act_name] = nn.Identity()
+    return 1
+
+
+def _fuse_sequential(seq: nn.Sequential) -> int:
+    names, n = list(seq._modules), 0
+    for i, name in enumerate(names):
+        j = i + 1
+        while j < len(names) and isinstance(seq._modules[names[j]], _PASS_THROUGH):
+            j += 1
+        if j < len(names):
+            n += _fuse_into(seq, name, names[i + 1 : j], names[j])
+    return n
+
+
+class _FusedBottleneck(ResNeStBottleneck):
+    """Eval-only bottleneck whose ``conv3`` adds the shortcut and applies the ReLU itself."""
+
+    def forward(self, x: torch.Tensor, reuse_input: bool = False) -> torch.Tensor:
+        """``(B, inplanes, H, W) -> (B, 4 * planes, H', W')``.
+
+        ``reuse_input``: nothing else holds ``x``, so an identity shortcut's buffer may take the output.
+        """
+        shortcut = self.downsample(x)
+        out = self.act1(self.drop_block1(self.bn1(self.conv1(x))))
+        out = self.avd_first(out)
+        out = self.act2(self.drop_block2(self.bn2(self.conv2(out))))
+        out = self.avd_last(out)
+        return self.conv3(out, shortcut, reuse_input or self.fresh_shortcut)
+
+
+class _FusedStage(nn.Sequential):
+    """A stage of :class:`_FusedBottleneck`: block ``i > 0`` may write its output over its input, which
+    only the previous block produced, unless a hook could be holding on to that tensor."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reuse = False
+        if not torch.jit.is_scripting():
+            reuse = self._no_hooks()
+        for i, block in enumerate(self):
+            x = block(x, reuse and i > 0)
+        return x
+
+    @torch.jit.unused
+    def _no_hooks(self) -> bool:
+        from torch.nn.modules import module as _m
+
+        if _m._global_forward_hooks or _m._global_forward_pre_hooks:
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+
+
+def fuse_activations(model: nn.Module) -> int:
+    """Fuse, in place, each ReLU (and residual add) that follows a BN-folded conv into that conv.
+
+    Turns the convs into :class:`~splitattn.layers.FusedConv2d` (same parameters and state dict), the
+    ReLUs into ``nn.Identity``, and bottlenecks whose last BN is folded into blocks whose ``conv3`` computes
+    ``relu(conv3(out) + shortcut)``. Convs still followed by a norm (GroupNorm) are left alone.
+
+    Args:
+        model: an eval-only model after :func:`fold_batchnorms`.
+
+    Returns:
+        The number of convs fused: 67 for resnest50 (3 stem convs, then in each of the 16 blocks conv1, the
+        Split-Attention conv and its fc1, and conv3 with the residual).
+    """
+    n = 0
+    for m in list(model.modules()):
+        if isinstance(m, nn.Sequential):
+            n += _fuse_sequential(m)
+        elif isinstance(m, SplitAttn):
+            n += _fuse_into(m, "conv", ["bn0", "drop"], "act0") + _fuse_into(m, "fc1", ["bn1"], "act1")
+        elif isinstance(m, ResNeStBottleneck):
+            n += _fuse_into(m, "conv1", ["bn1", "drop_block1"], "act1")
+            n += _fuse_into(m, "conv2", ["bn2", "drop_block2"], "act2")
+            conv3 = m.conv3
+            if (type(conv3) is nn.Conv2d and conv3.padding_mode == "zeros" and isinstance(m.act3, nn.ReLU)
+                    and isinstance(m.bn3, _PASS_THROUGH) and isinstance(m.drop_block3, _PASS_THROUGH)):
+                m.conv3 = FusedConv2d.from_conv(conv3, activation="relu")
+                m.act3 = nn.Identity()
+                m.fresh_shortcut = not isinstance(m.downsample, nn.Identity)
+                m.__class__ = _FusedBottleneck
+                n += 1
+        stem = m._modules.get("conv1") if hasattr(m, "layer1") else None
+        if isinstance(stem, nn.Sequential | nn.Conv2d) and isinstance(m._modules.get("bn1"), nn.Identity):
+            if isinstance(stem, nn.Sequential):
+                last = stem[-1]
+                if type(last) is nn.Conv2d and isinstance(m._modules.get("act1"), nn.ReLU):
+                    stem[-1] = FusedConv2d.from_conv(last, activation="relu")
+                    m.act1 = nn.Identity()
+                    n += 1
+            else:
+                n += _fuse_into(m, "conv1", ["bn1"], "act1")
+    for m in list(model.modules()):
+        if type(m) is nn.Sequential and len(m) and all(isinstance(b, _FusedBottleneck) for b in m):
+            m.__class__ = _FusedStage
+    return n
+
+
 def _eval_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
     if mode:
         raise RuntimeError(
@@ -147,7 +268,7 @@ def _make_eval_only(model: nn.Module) -> None:
 
 
 def optimize_for_inference(
-    model: nn.Module, channels_last: bool = True, inplace: bool = False
+    model: nn.Module, channels_last: bool = True, inplace: bool = False, fuse: bool = True
 ) -> nn.Module:
     """An eval-only copy of ``model`` with every BatchNorm folded into its conv, in channels_last.
 
@@ -162,6 +283,9 @@ def optimize_for_inference(
         channels_last: convert parameters to channels_last (the fast layout for cuDNN and oneDNN);
             feed inputs with ``x.contiguous(memory_format=torch.channels_last)`` for best speed.
         inplace: fold into ``model`` itself instead of a deep copy.
+        fuse: also fuse the ReLUs and residual adds into the convs (:func:`fuse_activations`). On CPU in
+            fp32 the fused convs run as prepacked oneDNN primitives: their reordered weights (one copy of the
+            conv weights per input shape, at most 4 shapes) are cached on first use.
 
     Returns:
         The folded model in eval mode, on the device and dtype of ``model``.
@@ -171,6 +295,8 @@ def optimize_for_inference(
     out = model if inplace else copy.deepcopy(model)
     out.eval()
     fold_batchnorms(out)
+    if fuse:
+        fuse_activations(out)
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
     for p in out.parameters():

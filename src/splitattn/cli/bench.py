@@ -102,8 +102,8 @@ def make_runner(spec: str, args: argparse.Namespace, modes: list[str]) -> Runner
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=gen)
     y = torch.randint(0, 1000, (args.batch_size,), generator=gen).to(device)
     x = x.to(device).contiguous(memory_format=fmt)
-    base = spec.removesuffix("+opt")
-    label = base + " (optimized)" if spec.endswith("+opt") else base
+    base, _, variant = spec.partition("+")
+    label = base + {"": "", "opt": " (optimized)", "fold": " (BN folded only)"}[variant]
     model = build_model(base).to(device)
     runner = Runner(label, sum(p.numel() for p in model.parameters()))
 
@@ -113,10 +113,10 @@ def make_runner(spec: str, args: argparse.Namespace, modes: list[str]) -> Runner
 
     if "infer" in modes:
         m = model.eval()
-        if spec.endswith("+opt"):
+        if variant:
             from ..inference import optimize_for_inference
 
-            m = optimize_for_inference(model, channels_last=args.channels_last)
+            m = optimize_for_inference(model, channels_last=args.channels_last, fuse=variant == "opt")
         m = m.to(memory_format=fmt)
         if args.compile:
             m = torch.compile(m)
@@ -126,7 +126,7 @@ def make_runner(spec: str, args: argparse.Namespace, modes: list[str]) -> Runner
                 return m(x)
 
         runner.infer = infer
-    if "train" in modes and not spec.endswith("+opt"):
+    if "train" in modes and not variant:
         tm = build_model(base).to(device).to(memory_format=fmt).train()
         opt = torch.optim.SGD(tm.parameters(), lr=1e-4, momentum=0.9)
         scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
@@ -200,7 +200,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     modes = ["infer", "train"] if args.mode == "both" else [args.mode]
     specs = list(args.models)
     if args.optimized:
-        specs += [s + "+opt" for s in args.models if s.startswith("splitattn:")]
+        specs += [s + v for s in args.models if s.startswith("splitattn:") for v in ("+fold", "+opt")]
     if args.onnx:
         specs += ["onnx:" + s.split(":", 1)[1] for s in args.models if s.startswith("splitattn:")]
     runners = []
@@ -310,7 +310,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true", help="channels_last models and inputs")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--optimized", action="store_true",
-                   help="add an inference row per splitattn model with BatchNorms folded")
+                   help="add two inference rows per splitattn model: BN folded only, and "
+                        "optimize_for_inference (folded + ReLU/residual fused, prepacked oneDNN on CPU)")
     p.add_argument("--onnx", action="store_true", help="add an onnxruntime (CPU) row per splitattn model")
     p.add_argument("--ref-resnest", default=REF_RESNEST,
                    help="row the *_vs_timm_resnest50d ratios divide by (must be among --models)")

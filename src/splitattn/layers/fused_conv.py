@@ -1,0 +1,183 @@
+"""A convolution with its ReLU and residual add fused in, for BN-folded inference models.
+
+``FusedConv2d(x, residual)`` computes ``act(conv(x) + bias + residual)``. It is a plain ``nn.Conv2d``
+subclass (same parameters, same state dict), so it runs anywhere a conv runs: on GPU, under autocast, in
+TorchScript, ``torch.compile`` and ONNX export it is the unfused sequence of ATen ops. On CPU in fp32 without
+autograd it runs as one oneDNN convolution with the add and ReLU as post-ops and the weight reordered once
+into oneDNN's blocked layout (the layout its kernels want for that input shape) instead of on every call:
+the same prepacking and fusion that inductor's CPU freezing pass does, in eager mode.
+"""
+
+# No `from __future__ import annotations`: TorchScript cannot resolve string annotations of unused methods.
+import torch
+from torch import nn
+
+__all__ = ["FusedConv2d", "onednn_fast_path_available"]
+
+_ACTIVATIONS = ("none", "relu")
+# Input shapes per conv whose prepacked weights are kept (the reorder depends on the input shape).
+_MAX_PACKED = 4
+
+
+def onednn_fast_path_available() -> bool:
+    """True when this PyTorch build has oneDNN with the fused (prepacked) convolution ops."""
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+        and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
+    )
+
+
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
+# Newer torch warns that is_fx_tracing() is also true under torch.export; either way we take the ATen path.
+_is_fx_tracing = getattr(
+    torch.fx._symbolic_trace, "is_fx_tracing_symbolic_tracing", torch.fx._symbolic_trace.is_fx_tracing
+)
+
+
+def _tracing_or_compiling() -> bool:
+    return (
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or _is_fx_tracing()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+class FusedConv2d(nn.Conv2d):
+    """``act(conv(x) + bias [+ residual])`` with ``act`` in ``{"none", "relu"}``.
+
+    Built by :meth:`from_conv` from a (BN-folded) ``nn.Conv2d``; holds the same ``weight``/``bias``.
+    Prepacked oneDNN weights are a cache outside the state dict, rebuilt when the weights change
+    (``load_state_dict``, ``.to()``) and dropped by ``copy.deepcopy`` and pickling.
+
+    Args:
+        activation: ``"none"`` or ``"relu"``, applied after the residual add.
+        Other arguments are those of ``nn.Conv2d``.
+
+    Shape:
+        ``x``: ``(B, C_in, H, W)``; ``residual``: ``(B, C_out, H', W')``; output ``(B, C_out, H', W')`` in
+        the memory format of ``x`` (of ``residual`` when it is reused).
+    """
+
+    __jit_ignored_attributes__ = ["_packed"]
+
+    def __init__(self, *args, activation: str = "none", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError("FusedConv2d needs numeric zero padding (padding_mode='zeros')")
+        self.activation = activation
+        self._packed: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, activation: str = "none") -> "FusedConv2d":
+        """A ``FusedConv2d`` sharing ``conv``'s weight and bias tensors, with ``activation`` fused in."""
+        fused = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode, activation=activation,
+            device="meta",
+        )
+        fused.weight = conv.weight
+        fused.bias = conv.bias
+        return fused
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activation={self.activation}"
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_packed"] = {}  # oneDNN tensors have no storage to copy or pickle (deepcopy uses this too)
+        return state
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, reuse_residual: bool = False
+    ) -> torch.Tensor:
+        """``act(conv(x) + residual)``.
+
+        Args:
+            x: ``(B, C_in, H, W)``.
+            residual: optional ``(B, C_out, H', W')`` added before the activation.
+            reuse_residual: the caller owns ``residual`` and it is not needed afterwards: the oneDNN
+                path may then write the output into its buffer instead of allocating a new one.
+        """
+        if not torch.jit.is_scripting() and self._onednn_ok(x):
+            if residual is None:
+                return self._onednn_forward(x)
+            if self._onednn_ok(residual):
+                return self._onednn_forward_add(x, residual, reuse_residual)
+        y = self._conv_forward(x, self.weight, self.bias)
+        if residual is not None:
+            y = y + residual
+        if self.activation == "relu":
+            y = torch.relu(y)
+        return y
+
+    @torch.jit.unused
+    def _onednn_ok(self, x: torch.Tensor) -> bool:
+        """Whether the oneDNN path can take ``x`` (the input, or the residual): CPU fp32 without autograd."""
+        if not _ONEDNN or x.device.type != "cpu" or x.dim() != 4:
+            return False
+        if x.dtype != torch.float32 or self.weight.dtype != torch.float32 or x.is_mkldnn:
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return False
+        return torch.backends.mkldnn.enabled and not _autocast_on_cpu() and not _tracing_or_compiling()
+
+    @torch.jit.unused
+    def _packed_weight(self, input_shape: list[int]) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        version = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
+        if self._packed.get("version") != version:  # new weights: every packed copy is stale
+            self._packed = {"version": version}
+        key = tuple(input_shape)
+        packed = self._packed.get(key)
+        if packed is None:
+            if len(self._packed) > _MAX_PACKED:
+                self._packed.pop(next(k for k in self._packed if k != "version"))
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                w.detach().contiguous().to_mkldnn(), list(self.padding), list(self.stride),
+                list(self.dilation), self.groups, input_shape,
+            )
+            self._packed[key] = packed
+        return packed
+
+    @torch.jit.unused
+    def _onednn_forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = None if self.bias is None else self.bias.detach()
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self._packed_weight(list(x.shape)), b, list(self.padding), list(self.stride),
+            list(self.dilation), self.groups, self.activation, [], "",
+        )
+
+    @torch.jit.unused
+    def _onednn_forward_add(
+        self, x: torch.Tensor, residual: torch.Tensor, reuse_residual: bool
+    ) -> torch.Tensor:
+        w = self._packed_weight(list(x.shape))
+        b = None if self.bias is None else self.bias.detach()
+        args = (list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        unary = None if self.activation == "none" else self.activation
+        if reuse_residual and residual.is_contiguous(memory_format=_suggest_format(x)):
+            # The output is accumulated into the residual's buffer (oneDNN's "sum" post-op).
+            return torch.ops.mkldnn._convolution_pointwise_.binary(
+                residual, x, w, b, *args, "add", None, unary, [], None
+            )
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, w, b, *args, "add", None, unary, [], None
+        )
+
+
+def _suggest_format(x: torch.Tensor) -> torch.memory_format:
+    cl = x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+_ONEDNN = onednn_fast_path_available()
