@@ -110,13 +110,14 @@ class SplitAttn(nn.Module):
         Returns:
             ``(B, R*C)`` radix-major weights (softmax over R, or sigmoid at R=1).
         """
-        b = x.shape[0]
+        b, _, h, w = x.shape
         # Pool the expanded map once and sum the R pooled vectors: the mean is linear, so this equals
-        # pooling the sum of the splits without materialising that (B, C, H, W) sum.
-        gap = x.mean((2, 3), keepdim=True)
+        # pooling the sum of the splits without materialising that (B, C, H, W) sum. Sum, then divide the
+        # small vector: the backward of a sum is a broadcast view, that of a mean a materialised map.
+        gap = x.sum((2, 3), keepdim=True)
         if self.radix > 1:
             gap = gap.view(b, self.radix, self.out_channels, 1, 1).sum(1)
-        gap = self.act1(self.bn1(self.fc1(gap)))
+        gap = self.act1(self.bn1(self.fc1(gap * (1.0 / (h * w)))))
         return radix_softmax(self.fc2(gap).flatten(1), self.radix, self.cardinality)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,6 +137,17 @@ def radix_weighted_sum(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch
     Returns:
         ``(B, C, H, W)`` in the memory format of ``x`` (no copy back to NCHW).
     """
+    if (
+        radix > 1
+        and not torch.jit.is_scripting()
+        and torch.is_grad_enabled()
+        and (x.requires_grad or attn.requires_grad)
+    ):
+        return _radix_weighted_sum_autograd(x, attn, radix)
+    return _radix_weighted_sum(x, attn, radix)
+
+
+def _radix_weighted_sum(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
     b, rc, h, w = x.shape
     if radix == 1:
         return x * attn.view(b, rc, 1, 1)
@@ -153,3 +165,52 @@ def radix_weighted_sum(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch
         nhwc = x.permute(0, 2, 3, 1).view(b, h, w, radix, c)
         return (nhwc * attn.view(b, 1, 1, radix, c)).sum(3).permute(0, 3, 1, 2)
     return (xs * a).sum(1)
+
+
+class _RadixWeightedSum(torch.autograd.Function):
+    """The weighted sum with a hand-written backward.
+
+    Autograd's own backward of ``x0 * a0 + x1 * a1`` on views of ``x`` zero-fills a full ``(B, R*C, H, W)``
+    gradient per split, copies into it and adds them up; this backward writes ``grad_x`` once
+    (``grad_x_r = g * a_r``, in ``x``'s memory format) and reduces ``grad_a_r = sum_hw g * x_r`` directly.
+    It saves the same two tensors as autograd would (``x``, which the preceding ReLU saves anyway, and ``a``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
+        ctx.save_for_backward(x, attn)
+        ctx.radix = radix
+        return _radix_weighted_sum(x, attn, radix)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, attn = ctx.saved_tensors
+        r = ctx.radix
+        b, rc, h, w = x.shape
+        c = rc // r
+        nhwc = x.is_contiguous(memory_format=torch.channels_last)
+        if nhwc:
+            # NHWC views: (B, H, W, R, C) for x and its gradient, (B, H, W, 1, C) for the output's.
+            g = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).unsqueeze(3)
+            xv = x.permute(0, 2, 3, 1).view(b, h, w, r, c)
+            av = attn.view(b, 1, 1, r, c)
+            hw_dims = (1, 2)
+        else:
+            x = x.contiguous()
+            g = grad.contiguous().unsqueeze(1)  # (B, 1, C, H, W)
+            xv = x.view(b, r, c, h, w)
+            av = attn.view(b, r, c, 1, 1)
+            hw_dims = (3, 4)
+        grad_x = grad_attn = None
+        if ctx.needs_input_grad[0]:
+            gx = g * av  # written once, contiguous in x's layout
+            grad_x = gx.permute(0, 3, 4, 1, 2).reshape(b, rc, h, w) if nhwc else gx.view(b, rc, h, w)
+        if ctx.needs_input_grad[1]:
+            grad_attn = (xv * g).sum(hw_dims).reshape(b, rc)
+        return grad_x, grad_attn, None
+
+
+@torch.jit.unused
+def _radix_weighted_sum_autograd(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
+    return _RadixWeightedSum.apply(x, attn, radix)
