@@ -62,7 +62,17 @@ def test_backbone_output_shape_freeze_and_norms():
     gn = build_resnest_backbone("resnest14d", norm="groupnorm", freeze_at=0)
     assert any(isinstance(m, torch.nn.GroupNorm) for m in gn.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in gn.modules())
-    assert all(isinstance(m.bn1, FrozenBatchNorm2d) for m in gn.modules() if isinstance(m, SplitAttn))
+    # The pooled attention vector gets one-group GroupNorm, as in create_model(norm_layer="groupnorm").
+    attn_norms = [m.bn1 for m in gn.modules() if isinstance(m, SplitAttn)]
+    assert attn_norms and all(isinstance(n, torch.nn.GroupNorm) and n.num_groups == 1 for n in attn_norms)
+    # Every norm matches the classifier built with GroupNorm, layer by layer.
+    ref = splitattn.create_model("resnest14d", norm_layer="groupnorm")
+
+    def norms(m: torch.nn.Module) -> dict[str, tuple[int, int]]:
+        return {k: (v.num_groups, v.num_channels) for k, v in m.named_modules()
+                if isinstance(v, torch.nn.GroupNorm)}
+
+    assert norms(gn) == norms(ref)
     sync = build_resnest_backbone("resnest14d", norm="syncbn", freeze_at=1)
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in sync.modules())
 

@@ -22,7 +22,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..factory import create_model
 from ..layers import SplitAttn
-from ..layers.norm import group_norm
+from ..layers.norm import NormLayer, attention_norm_layer, group_norm
 
 log = logging.getLogger("splitattn")
 
@@ -70,8 +70,8 @@ def _frozen_from(bn: nn.modules.batchnorm._BatchNorm) -> FrozenBatchNorm2d:
     return out
 
 
-def _gn_from(bn: nn.modules.batchnorm._BatchNorm) -> nn.GroupNorm:
-    out = group_norm(bn.num_features)
+def _gn_from(bn: nn.modules.batchnorm._BatchNorm, make: NormLayer = group_norm) -> nn.GroupNorm:
+    out = make(bn.num_features)
     if bn.affine:
         with torch.no_grad():
             out.weight.copy_(bn.weight)
@@ -86,7 +86,8 @@ def convert_norm(module: nn.Module, norm: str) -> nn.Module:
         module: a module holding ``nn.BatchNorm2d`` layers.
         norm: "batchnorm" (no change), "frozenbn" (statistics and affine kept), "syncbn",
             "groupnorm" (affine kept; 32 groups or the largest divisor of the width; the norm on the
-            split-attention's pooled 1x1 vector becomes FrozenBatchNorm2d, as GroupNorm is degenerate there).
+            split-attention's pooled 1x1 vector gets one group, as with
+            ``create_model(norm_layer="groupnorm")``: 1-2 values per group would normalise to constants).
 
     Returns:
         The converted module (a new object when ``module`` itself is a BatchNorm).
@@ -100,9 +101,7 @@ def convert_norm(module: nn.Module, norm: str) -> nn.Module:
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return make(module)
     if key == "groupnorm" and isinstance(module, SplitAttn) and isinstance(module.bn1, nn.BatchNorm2d):
-        # GroupNorm over the pooled (B, C, 1, 1) attention vector sees 1-2 values per group and
-        # normalises them to constants; keep that norm as a fixed affine map instead.
-        module.bn1 = _frozen_from(module.bn1)
+        module.bn1 = _gn_from(module.bn1, attention_norm_layer(group_norm))
     for name, child in module.named_children():
         new = convert_norm(child, key)
         if new is not child:
