@@ -214,7 +214,10 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
                 fn()
             setattr(r, f"{mode}_peak", _peak_mb(fn, args.device))
         for i in range(args.rounds):
-            for r, fn in active:
+            # Rotate the order every round so that no model always runs after the same one (allocator
+            # and cache state left by the previous model would otherwise bias the same pairs each round).
+            k = i % len(active)
+            for r, fn in active[k:] + active[:k]:
                 getattr(r, f"{mode}_times").append(time_steps(fn, args.steps, args.device))
             log(f"{mode} round {i + 1}/{args.rounds} done")
     return [_row(r, runners, args) for r in runners]

@@ -35,9 +35,10 @@ def _autocast_on_cpu() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-# Newer torch warns that is_fx_tracing() is also true under torch.export; either way we take the ATen path.
+# Newer torch warns that is_fx_tracing() is also true under torch.export and offers is_fx_symbolic_tracing();
+# either way the ATen path is taken.
 _is_fx_tracing = getattr(
-    torch.fx._symbolic_trace, "is_fx_tracing_symbolic_tracing", torch.fx._symbolic_trace.is_fx_tracing
+    torch.fx._symbolic_trace, "is_fx_symbolic_tracing", torch.fx._symbolic_trace.is_fx_tracing
 )
 
 
