@@ -7,10 +7,11 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from splitattn.cli import main
-from splitattn.cli.bench import add_arguments, run_benchmark, saved_activation_mb
+from splitattn.cli.bench import add_arguments, parse_spec, run_benchmark, saved_activation_mb
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -63,3 +64,21 @@ def test_cli_writes_csv_and_json(tmp_path: Path) -> None:
         header = next(csv.reader(f))
     for col in ("model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size", "param_count"):
         assert col in header
+
+
+def test_per_row_layouts_in_one_run() -> None:
+    """``@cl`` / ``@nchw`` put each model in its own layout within one run, paired against the reference."""
+    args = _args("--device", "cpu", "--models", "splitattn:resnest14d@cl", "timm:resnest14d@nchw",
+                 "--ref-resnest", "timm:resnest14d@nchw", "--ref-resnet", "timm:resnest14d@nchw",
+                 "--mode", "infer", "-b", "2", "--img-size", "32", "--rounds", "2", "--steps", "1",
+                 "--warmup", "1", "--optimized")
+    rows = {r["model"]: r for r in run_benchmark(args, log=lambda _: None)}
+    assert set(rows) == {"splitattn:resnest14d@cl", "timm:resnest14d@nchw",
+                         "splitattn:resnest14d@cl (BN folded only)", "splitattn:resnest14d@cl (optimized)"}
+    assert rows["splitattn:resnest14d@cl (optimized)"]["channels_last"] is True
+    assert rows["timm:resnest14d@nchw"]["channels_last"] is False
+    assert rows["timm:resnest14d@nchw"]["infer_vs_timm_resnest50d"] == 1.0
+    assert rows["splitattn:resnest14d@cl"]["infer_vs_timm_resnest50d"] > 0
+    assert parse_spec("splitattn:resnest50+opt@nchw") == ("splitattn:resnest50", "opt", "nchw")
+    with pytest.raises(ValueError, match="bad model spec"):
+        parse_spec("timm:resnest50d@nhwc")

@@ -225,12 +225,18 @@ def test_fused_model_does_not_overwrite_what_a_hook_holds() -> None:
         for net, store in ((model, want), (opt, got)):
             block = net.layer1[0]
             hooks = [block.register_forward_hook(lambda m, i, o, s=store: s.__setitem__("b0", o)),
-                     block.register_forward_hook(lambda m, i, o, s=store: s.__setitem__("b0c", o.clone()))]
+                     block.register_forward_hook(lambda m, i, o, s=store: s.__setitem__("b0c", o.clone())),
+                     # A downsample's output is the shortcut that conv3 could otherwise accumulate into.
+                     block.downsample.register_forward_hook(lambda m, i, o, s=store: s.__setitem__("ds", o)),
+                     block.downsample.register_forward_hook(
+                         lambda m, i, o, s=store: s.__setitem__("dsc", o.clone()))]
             net(x)
             for h in hooks:
                 h.remove()
         torch.testing.assert_close(got["b0"], want["b0"], rtol=0, atol=1e-5)
         torch.testing.assert_close(got["b0"], got["b0c"], rtol=0, atol=0)
+        torch.testing.assert_close(got["ds"], got["dsc"], rtol=0, atol=0)
+        torch.testing.assert_close(got["ds"], want["ds"], rtol=0, atol=1e-5)
         # Without hooks the same model reuses buffers and still gives the same logits.
         torch.testing.assert_close(opt(x), model(x), rtol=0, atol=1e-4)
         assert torch.equal(x, x.clone())

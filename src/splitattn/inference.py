@@ -163,29 +163,36 @@ def _fuse_sequential(seq: nn.Sequential) -> int:
 class _FusedBottleneck(ResNeStBottleneck):
     """Eval-only bottleneck whose ``conv3`` adds the shortcut and applies the ReLU itself."""
 
-    def forward(self, x: torch.Tensor, reuse_input: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, may_reuse: bool = False, input_is_private: bool = False
+    ) -> torch.Tensor:
         """``(B, inplanes, H, W) -> (B, 4 * planes, H', W')``.
 
-        ``reuse_input``: nothing else holds ``x``, so an identity shortcut's buffer may take the output.
+        Args:
+            x: the block input.
+            may_reuse: no hook can hold an intermediate tensor of this block, so the shortcut's buffer may
+                take the output when the shortcut is a fresh tensor (a downsample's output) ...
+            input_is_private: ... or when it is ``x`` itself and nothing else holds ``x``.
         """
         shortcut = self.downsample(x)
         out = self.act1(self.drop_block1(self.bn1(self.conv1(x))))
         out = self.avd_first(out)
         out = self.act2(self.drop_block2(self.bn2(self.conv2(out))))
         out = self.avd_last(out)
-        return self.conv3(out, shortcut, reuse_input or self.fresh_shortcut)
+        return self.conv3(out, shortcut, may_reuse and (input_is_private or self.fresh_shortcut))
 
 
 class _FusedStage(nn.Sequential):
-    """A stage of :class:`_FusedBottleneck`: block ``i > 0`` may write its output over its input, which
-    only the previous block produced, unless a hook could be holding on to that tensor."""
+    """A stage of :class:`_FusedBottleneck`: when no hook is registered in it, a block may write its
+    output over its shortcut: a downsample's output, or the block input that only the previous block
+    produced."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        reuse = False
+        no_hooks = False
         if not torch.jit.is_scripting():
-            reuse = self._no_hooks()
+            no_hooks = self._no_hooks()
         for i, block in enumerate(self):
-            x = block(x, reuse and i > 0)
+            x = block(x, no_hooks, i > 0)
         return x
 
     @torch.jit.unused

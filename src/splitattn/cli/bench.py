@@ -56,12 +56,30 @@ def build_model(spec: str, num_classes: int = 1000) -> nn.Module:
     raise ValueError(f"unknown model source in {spec!r}: use splitattn:, timm:, official:, tv: or onnx:")
 
 
+_VARIANTS = {"": "", "opt": " (optimized)", "fold": " (BN folded only)"}
+
+
+def parse_spec(spec: str) -> tuple[str, str, str | None]:
+    """``"source:name[+opt|+fold][@cl|@nchw]"`` -> ``(source:name, variant, layout)``.
+
+    ``+opt`` / ``+fold``: optimize_for_inference with / without the fused convs (inference only);
+    ``@cl`` / ``@nchw``: this row's memory format, overriding ``--channels-last``, so that models can be
+    compared each in its best layout within one run.
+    """
+    rest, _, layout = spec.partition("@")
+    base, _, variant = rest.partition("+")
+    if variant not in _VARIANTS or layout not in ("", "cl", "nchw"):
+        raise ValueError(f"bad model spec {spec!r}: expected SOURCE:NAME[+opt|+fold][@cl|@nchw]")
+    return base, variant, layout or None
+
+
 @dataclass
 class Runner:
     """One benchmark row: a model prepared for the chosen device, layout, precision and mode."""
 
     name: str
     params: int
+    channels_last: bool = False
     infer: Callable[[], Any] | None = None
     train: Callable[[], Any] | None = None
     infer_times: list[float] = field(default_factory=list)
@@ -97,15 +115,16 @@ def _autocast(device: str, amp: str | None) -> contextlib.AbstractContextManager
 def make_runner(spec: str, args: argparse.Namespace, modes: list[str]) -> Runner:
     """Prepare the inference and training closures for one row."""
     device = torch.device(args.device)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    base, variant, layout = parse_spec(spec)
+    channels_last = args.channels_last if layout is None else layout == "cl"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, generator=gen)
     y = torch.randint(0, 1000, (args.batch_size,), generator=gen).to(device)
     x = x.to(device).contiguous(memory_format=fmt)
-    base, _, variant = spec.partition("+")
-    label = base + {"": "", "opt": " (optimized)", "fold": " (BN folded only)"}[variant]
+    label = base + (f"@{layout}" if layout else "") + _VARIANTS[variant]
     model = build_model(base).to(device)
-    runner = Runner(label, sum(p.numel() for p in model.parameters()))
+    runner = Runner(label, sum(p.numel() for p in model.parameters()), channels_last)
 
     if base.startswith("onnx:"):
         runner.infer = _onnx_runner(model, args)
@@ -116,7 +135,7 @@ def make_runner(spec: str, args: argparse.Namespace, modes: list[str]) -> Runner
         if variant:
             from ..inference import optimize_for_inference
 
-            m = optimize_for_inference(model, channels_last=args.channels_last, fuse=variant == "opt")
+            m = optimize_for_inference(model, channels_last=channels_last, fuse=variant == "opt")
         m = m.to(memory_format=fmt)
         if args.compile:
             m = torch.compile(m)
@@ -199,10 +218,12 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         torch.set_num_threads(args.threads)
     modes = ["infer", "train"] if args.mode == "both" else [args.mode]
     specs = list(args.models)
+    ours = [parse_spec(s) for s in args.models if s.startswith("splitattn:")]
+    at = {None: ""} | {k: "@" + k for k in ("cl", "nchw")}
     if args.optimized:
-        specs += [s + v for s in args.models if s.startswith("splitattn:") for v in ("+fold", "+opt")]
-    if args.onnx:
-        specs += ["onnx:" + s.split(":", 1)[1] for s in args.models if s.startswith("splitattn:")]
+        specs += [f"{b}+{v}{at[lay]}" for b, _, lay in ours for v in ("fold", "opt")]
+    if args.onnx:  # onnxruntime takes NCHW arrays: one row per model whatever its layouts
+        specs += ["onnx:" + b.split(":", 1)[1] for b in dict.fromkeys(b for b, _, _ in ours)]
     runners = []
     for spec in specs:
         log(f"preparing {spec}")
@@ -253,7 +274,7 @@ def _row(r: Runner, runners: list[Runner], args: argparse.Namespace) -> dict[str
             row[f"{mode}_mem_peak_mb"] = round(peak, 1)
     if r.train_saved_mb is not None:
         row["train_saved_activations_mb"] = round(r.train_saved_mb, 1)
-    row.update(device=args.device, amp=args.amp or "fp32", channels_last=args.channels_last,
+    row.update(device=args.device, amp=args.amp or "fp32", channels_last=r.channels_last,
                compile=args.compile, threads=args.threads if args.device == "cpu" else None,
                torch=torch.__version__)
     return row
@@ -303,8 +324,9 @@ def write_outputs(rows: list[dict[str, Any]], csv_path: str | None, json_path: s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="SOURCE:NAME",
-                   help=f"rows to time (default: {' '.join(DEFAULT_MODELS)})")
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="SOURCE:NAME[@cl|@nchw]",
+                   help=f"rows to time (default: {' '.join(DEFAULT_MODELS)}); a @cl / @nchw suffix sets "
+                        "that row's memory format")
     p.add_argument("--mode", choices=["infer", "train", "both"], default="both")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("-b", "--batch-size", type=int, default=8)
