@@ -280,9 +280,12 @@ def optimize_for_inference(
     """An eval-only copy of ``model`` with every BatchNorm folded into its conv, in channels_last.
 
     Outputs equal the eval-mode original within float rounding (max abs difference ~1e-5 on logits
-    in fp32). The result is a plain module of the same class family (same submodule names, the BNs
-    replaced by ``nn.Identity``), so ``torch.compile``, ``torch.jit.script``, autocast (AMP) and ONNX export
+    in fp32). The result is a module of the same class family with the same submodule names: the BNs and
+    fused ReLUs are ``nn.Identity``, the fused convs :class:`~splitattn.layers.FusedConv2d` (an ``nn.Conv2d``
+    with the same parameters), so ``torch.compile``, ``torch.jit.script``, autocast (AMP) and ONNX export
     work on it as on the original; ``.train()`` raises.
+    A fused block may write its output into its shortcut's buffer (a downsample's output, or the block
+    input inside a stage); it does so only while no forward hook is registered in that stage.
 
     Args:
         model: a :class:`ResNeSt` (any zoo variant, incl. radix 1 and cardinality > 1), a
