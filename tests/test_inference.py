@@ -240,3 +240,23 @@ def test_fused_model_does_not_overwrite_what_a_hook_holds() -> None:
         # Without hooks the same model reuses buffers and still gives the same logits.
         torch.testing.assert_close(opt(x), model(x), rtol=0, atol=1e-4)
         assert torch.equal(x, x.clone())
+
+
+def test_fused_conv_falls_back_when_onednn_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build whose oneDNN lacks the fused primitive gets one warning and the plain ATen result."""
+    import splitattn.layers.fused_conv as fc
+
+    monkeypatch.setattr(fc, "_ONEDNN", True)
+
+    def refuse(self: FusedConv2d, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no primitive for this case")
+
+    monkeypatch.setattr(FusedConv2d, "_onednn_forward", refuse)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    fused = FusedConv2d.from_conv(conv, activation="relu")
+    x = torch.randn(2, 4, 9, 9)
+    with torch.no_grad(), pytest.warns(UserWarning, match="oneDNN fused convolution unavailable"):
+        out = fused(x)
+    torch.testing.assert_close(out, torch.relu(conv(x)), rtol=0, atol=1e-6)
+    assert fc._ONEDNN is False  # switched off: later calls go straight to the ATen path

@@ -9,6 +9,9 @@ the same prepacking and fusion that inductor's CPU freezing pass does, in eager 
 """
 
 # No `from __future__ import annotations`: TorchScript cannot resolve string annotations of unused methods.
+import warnings
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -110,10 +113,9 @@ class FusedConv2d(nn.Conv2d):
                 path may then write the output into its buffer instead of allocating a new one.
         """
         if not torch.jit.is_scripting() and self._onednn_ok(x):
-            if residual is None:
-                return self._onednn_forward(x)
-            if self._onednn_ok(residual):
-                return self._onednn_forward_add(x, residual, reuse_residual)
+            out = self._try_onednn(x, residual, reuse_residual)
+            if out is not None:
+                return out
         y = self._conv_forward(x, self.weight, self.bias)
         if residual is not None:
             y = y + residual
@@ -131,6 +133,26 @@ class FusedConv2d(nn.Conv2d):
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return False
         return torch.backends.mkldnn.enabled and not _autocast_on_cpu() and not _tracing_or_compiling()
+
+    @torch.jit.unused
+    def _try_onednn(
+        self, x: torch.Tensor, residual: Optional[torch.Tensor], reuse_residual: bool  # noqa: UP045
+    ) -> Optional[torch.Tensor]:  # noqa: UP045
+        """The oneDNN result, or None where it does not apply (then the ATen path runs)."""
+        global _ONEDNN
+        if residual is not None and not self._onednn_ok(residual):
+            return None
+        try:
+            if residual is None:
+                return self._onednn_forward(x)
+            return self._onednn_forward_add(x, residual, reuse_residual)
+        except (RuntimeError, NotImplementedError) as err:
+            # Builds whose oneDNN lacks a primitive for this case (e.g. some ARM builds) raise before
+            # computing anything: switch the fast path off for the process and use the ATen ops.
+            _ONEDNN = False
+            warnings.warn(f"splitattn: oneDNN fused convolution unavailable ({err}); using plain convs",
+                          stacklevel=2)
+            return None
 
     @torch.jit.unused
     def _packed_weight(self, input_shape: list[int]) -> torch.Tensor:
