@@ -227,24 +227,21 @@ def fuse_activations(model: nn.Module) -> int:
         elif isinstance(m, ResNeStBottleneck):
             n += _fuse_into(m, "conv1", ["bn1", "drop_block1"], "act1")
             n += _fuse_into(m, "conv2", ["bn2", "drop_block2"], "act2")
-            conv3 = m.conv3
-            if (type(conv3) is nn.Conv2d and conv3.padding_mode == "zeros" and isinstance(m.act3, nn.ReLU)
-                    and isinstance(m.bn3, _PASS_THROUGH) and isinstance(m.drop_block3, _PASS_THROUGH)):
-                m.conv3 = FusedConv2d.from_conv(conv3, activation="relu")
-                m.act3 = nn.Identity()
+            # The ReLU after the residual add fuses like any other; conv3 then takes the shortcut too.
+            if _fuse_into(m, "conv3", ["bn3", "drop_block3"], "act3"):
                 m.fresh_shortcut = not isinstance(m.downsample, nn.Identity)
                 m.__class__ = _FusedBottleneck
                 n += 1
         stem = m._modules.get("conv1") if hasattr(m, "layer1") else None
-        if isinstance(stem, nn.Sequential | nn.Conv2d) and isinstance(m._modules.get("bn1"), nn.Identity):
-            if isinstance(stem, nn.Sequential):
-                last = stem[-1]
-                if type(last) is nn.Conv2d and isinstance(m._modules.get("act1"), nn.ReLU):
-                    stem[-1] = FusedConv2d.from_conv(last, activation="relu")
-                    m.act1 = nn.Identity()
-                    n += 1
-            else:
-                n += _fuse_into(m, "conv1", ["bn1"], "act1")
+        if isinstance(stem, nn.Conv2d):
+            n += _fuse_into(m, "conv1", ["bn1"], "act1")
+        elif isinstance(stem, nn.Sequential) and isinstance(m._modules.get("bn1"), nn.Identity):
+            # The deep stem's last conv sits in the Sequential, its (folded) BN and ReLU in the model.
+            last = stem[-1]
+            if type(last) is nn.Conv2d and isinstance(m._modules.get("act1"), nn.ReLU):
+                stem[-1] = FusedConv2d.from_conv(last, activation="relu")
+                m.act1 = nn.Identity()
+                n += 1
     for m in list(model.modules()):
         if type(m) is nn.Sequential and len(m) and all(isinstance(b, _FusedBottleneck) for b in m):
             m.__class__ = _FusedStage

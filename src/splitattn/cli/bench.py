@@ -219,9 +219,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     modes = ["infer", "train"] if args.mode == "both" else [args.mode]
     specs = list(args.models)
     ours = [parse_spec(s) for s in args.models if s.startswith("splitattn:")]
-    at = {None: ""} | {k: "@" + k for k in ("cl", "nchw")}
     if args.optimized:
-        specs += [f"{b}+{v}{at[lay]}" for b, _, lay in ours for v in ("fold", "opt")]
+        specs += [f"{b}+{v}" + (f"@{lay}" if lay else "") for b, _, lay in ours for v in ("fold", "opt")]
     if args.onnx:  # onnxruntime takes NCHW arrays: one row per model whatever its layouts
         specs += ["onnx:" + b.split(":", 1)[1] for b in dict.fromkeys(b for b, _, _ in ours)]
     runners = []

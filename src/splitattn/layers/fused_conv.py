@@ -112,7 +112,7 @@ class FusedConv2d(nn.Conv2d):
             reuse_residual: the caller owns ``residual`` and it is not needed afterwards: the oneDNN
                 path may then write the output into its buffer instead of allocating a new one.
         """
-        if not torch.jit.is_scripting() and self._onednn_ok(x):
+        if not torch.jit.is_scripting():
             out = self._try_onednn(x, residual, reuse_residual)
             if out is not None:
                 return out
@@ -124,13 +124,16 @@ class FusedConv2d(nn.Conv2d):
         return y
 
     @torch.jit.unused
-    def _onednn_ok(self, x: torch.Tensor) -> bool:
-        """Whether the oneDNN path can take ``x`` (the input, or the residual): CPU fp32 without autograd."""
-        if not _ONEDNN or x.device.type != "cpu" or x.dim() != 4:
-            return False
-        if x.dtype != torch.float32 or self.weight.dtype != torch.float32 or x.is_mkldnn:
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+    def _onednn_applies(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:  # noqa: UP045
+        """Whether the oneDNN path can take this call: CPU fp32 tensors, no autograd, no autocast/tracing."""
+        grad = torch.is_grad_enabled()
+        for t in (x, residual):
+            if t is not None and (
+                t.device.type != "cpu" or t.dim() != 4 or t.dtype != torch.float32 or t.is_mkldnn
+                or (grad and t.requires_grad)
+            ):
+                return False
+        if not _ONEDNN or self.weight.dtype != torch.float32 or (grad and self.weight.requires_grad):
             return False
         return torch.backends.mkldnn.enabled and not _autocast_on_cpu() and not _tracing_or_compiling()
 
@@ -140,7 +143,7 @@ class FusedConv2d(nn.Conv2d):
     ) -> Optional[torch.Tensor]:  # noqa: UP045
         """The oneDNN result, or None where it does not apply (then the ATen path runs)."""
         global _ONEDNN
-        if residual is not None and not self._onednn_ok(residual):
+        if not self._onednn_applies(x, residual):
             return None
         try:
             if residual is None:

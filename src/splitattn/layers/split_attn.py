@@ -197,7 +197,6 @@ class _RadixWeightedSum(torch.autograd.Function):
             av = attn.view(b, 1, 1, r, c)
             hw_dims = (1, 2)
         else:
-            x = x.contiguous()
             g = grad.contiguous().unsqueeze(1)  # (B, 1, C, H, W)
             xv = x.view(b, r, c, h, w)
             av = attn.view(b, r, c, 1, 1)
