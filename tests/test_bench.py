@@ -82,3 +82,20 @@ def test_per_row_layouts_in_one_run() -> None:
     assert parse_spec("splitattn:resnest50+opt@nchw") == ("splitattn:resnest50", "opt", "nchw")
     with pytest.raises(ValueError, match="bad model spec"):
         parse_spec("timm:resnest50d@nhwc")
+
+
+def test_checkpointing_rows_train_only_and_save_less() -> None:
+    args = _args("--device", "cpu", "--models", "splitattn:resnest14d", "splitattn:resnest14d+ckpt-attn",
+                 "splitattn:resnest14d+ckpt", "timm:resnest14d+ckpt", "--ref-resnest", "timm:resnest14d+ckpt",
+                 "-b", "2", "--img-size", "32", "--rounds", "1", "--steps", "1", "--warmup", "0")
+    rows = {r["model"]: r for r in run_benchmark(args, log=lambda _: None)}
+    plain, attn = rows["splitattn:resnest14d"], rows["splitattn:resnest14d (attention recompute)"]
+    block = rows["splitattn:resnest14d (grad checkpointing)"]
+    assert "infer_samples_per_sec" not in attn and attn["train_samples_per_sec"] > 0
+    saved = [r["train_saved_activations_mb"] for r in (plain, attn, block)]
+    assert saved[0] > saved[1] > saved[2]
+    assert block["train_saved_activations_mb"] == rows["timm:resnest14d (grad checkpointing)"][
+        "train_saved_activations_mb"]
+    for bad in ("tv:resnet50+ckpt", "timm:resnest50d+ckpt-attn", "official:resnest50+opt"):
+        with pytest.raises(ValueError, match="applies to"):
+            parse_spec(bad)

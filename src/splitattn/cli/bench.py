@@ -56,20 +56,31 @@ def build_model(spec: str, num_classes: int = 1000) -> nn.Module:
     raise ValueError(f"unknown model source in {spec!r}: use splitattn:, timm:, official:, tv: or onnx:")
 
 
-_VARIANTS = {"": "", "opt": " (optimized)", "fold": " (BN folded only)"}
+_VARIANTS = {"": "", "opt": " (optimized)", "fold": " (BN folded only)",
+             "ckpt": " (grad checkpointing)", "ckpt-attn": " (attention recompute)"}
+INFER_ONLY = ("opt", "fold")
+TRAIN_ONLY = ("ckpt", "ckpt-attn")
 
 
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
-    """``"source:name[+opt|+fold][@cl|@nchw]"`` -> ``(source:name, variant, layout)``.
+    """``"source:name[+variant][@cl|@nchw]"`` -> ``(source:name, variant, layout)``.
 
-    ``+opt`` / ``+fold``: optimize_for_inference with / without the fused convs (inference only);
+    Variants: ``+opt`` / ``+fold``: optimize_for_inference with / without the fused convs (inference
+    only); ``+ckpt``: ``set_grad_checkpointing(True)`` (training only; splitattn and timm models);
+    ``+ckpt-attn``: ``set_grad_checkpointing("attn")`` (training only; splitattn models).
     ``@cl`` / ``@nchw``: this row's memory format, overriding ``--channels-last``, so that models can be
     compared each in its best layout within one run.
     """
     rest, _, layout = spec.partition("@")
     base, _, variant = rest.partition("+")
     if variant not in _VARIANTS or layout not in ("", "cl", "nchw"):
-        raise ValueError(f"bad model spec {spec!r}: expected SOURCE:NAME[+opt|+fold][@cl|@nchw]")
+        raise ValueError(f"bad model spec {spec!r}: expected SOURCE:NAME[+opt|+fold|+ckpt|+ckpt-attn]"
+                         "[@cl|@nchw]")
+    source = base.partition(":")[0]
+    if (variant in INFER_ONLY or variant == "ckpt-attn") and source != "splitattn":
+        raise ValueError(f"bad model spec {spec!r}: +{variant} applies to splitattn: models only")
+    if variant == "ckpt" and source not in ("splitattn", "timm"):
+        raise ValueError(f"bad model spec {spec!r}: +ckpt applies to splitattn: and timm: models only")
     return base, variant, layout or None
 
 
@@ -130,7 +141,7 @@ def make_runner(spec: str, args: argparse.Namespace, modes: list[str]) -> Runner
         runner.infer = _onnx_runner(model, args)
         return runner
 
-    if "infer" in modes:
+    if "infer" in modes and variant not in TRAIN_ONLY:
         m = model.eval()
         if variant:
             from ..inference import optimize_for_inference
@@ -145,8 +156,10 @@ def make_runner(spec: str, args: argparse.Namespace, modes: list[str]) -> Runner
                 return m(x)
 
         runner.infer = infer
-    if "train" in modes and not variant:
+    if "train" in modes and variant not in INFER_ONLY:
         tm = build_model(base).to(device).to(memory_format=fmt).train()
+        if variant in TRAIN_ONLY:
+            tm.set_grad_checkpointing(True if variant == "ckpt" else "attn")
         opt = torch.optim.SGD(tm.parameters(), lr=1e-4, momentum=0.9)
         scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
         fwd = torch.compile(tm) if args.compile else tm
@@ -323,9 +336,10 @@ def write_outputs(rows: list[dict[str, Any]], csv_path: str | None, json_path: s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="SOURCE:NAME[@cl|@nchw]",
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="SOURCE:NAME[+VARIANT][@cl|@nchw]",
                    help=f"rows to time (default: {' '.join(DEFAULT_MODELS)}); a @cl / @nchw suffix sets "
-                        "that row's memory format")
+                        "that row's memory format; +ckpt / +ckpt-attn time training with gradient "
+                        "checkpointing / Split-Attention recompute, +opt / +fold optimized inference")
     p.add_argument("--mode", choices=["infer", "train", "both"], default="both")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("-b", "--batch-size", type=int, default=8)

@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "amp": "auto",               # auto (bf16 on GPU, off on CPU) | bf16 | fp16 | off
     "channels_last": "auto",     # auto (on for GPU) | true | false
     "compile": False,
+    "grad_checkpointing": False,  # false | block | attn: recompute in backward to save memory
     "device": "auto",
     "seed": 0,
     "deterministic": False,

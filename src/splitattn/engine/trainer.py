@@ -144,6 +144,8 @@ class Trainer:
     def _build_model(self) -> None:
         cfg, d = self.cfg, self.dist
         model = build_model(cfg, len(self.classes))
+        if cfg["grad_checkpointing"]:
+            model.set_grad_checkpointing(cfg["grad_checkpointing"])
         if cfg["sync_bn"] and d.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)

@@ -1,5 +1,6 @@
-"""Reusable layers: Split-Attention conv, DropBlock, norm-layer choice, fused inference conv."""
+"""Reusable layers: Split-Attention conv, DropBlock, norm-layer choice, fused inference conv, checkpoint."""
 
+from .checkpoint import checkpoint
 from .drop import DropBlock2d, drop_block_2d
 from .fused_conv import FusedConv2d
 from .norm import FrozenBatchNorm2d, get_norm_layer, group_norm
@@ -10,6 +11,7 @@ __all__ = [
     "FrozenBatchNorm2d",
     "FusedConv2d",
     "SplitAttn",
+    "checkpoint",
     "drop_block_2d",
     "get_norm_layer",
     "group_norm",

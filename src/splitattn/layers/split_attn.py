@@ -100,6 +100,9 @@ class SplitAttn(nn.Module):
         self.bn1 = (attn_norm_layer or norm_layer)(inter)
         self.act1 = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(inter, out_channels * radix, 1, groups=groups)
+        # Set by ResNeSt.set_grad_checkpointing("attn"): keep only the conv output for backward and
+        # recompute BN0 -> ReLU -> attention -> weighted sum there.
+        self.recompute = False
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention weights for the radix-expanded map.
@@ -122,8 +125,21 @@ class SplitAttn(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W) -> (B, C_out, H', W')``; a channels_last input gives a channels_last output."""
-        x = self.act0(self.drop(self.bn0(self.conv(x))))
+        x = self.conv(x)
+        if self.recompute and self.training and not torch.jit.is_scripting() and x.requires_grad:
+            return self._checkpointed_tail(x)
+        return self.tail(x)
+
+    def tail(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything after the grouped conv: ``(B, R*C, H, W)`` conv output -> ``(B, C, H, W)``."""
+        x = self.act0(self.drop(self.bn0(x)))
         return radix_weighted_sum(x, self.attention(x), self.radix)
+
+    @torch.jit.unused
+    def _checkpointed_tail(self, x: torch.Tensor) -> torch.Tensor:
+        from .checkpoint import checkpoint
+
+        return checkpoint(self.tail, x, modules=(self,))
 
 
 def radix_weighted_sum(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:

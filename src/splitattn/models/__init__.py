@@ -1,7 +1,7 @@
 """The ResNeSt family and its registry."""
 
 from .registry import ModelCfg, get_model_cfg, get_model_class, list_models, register_model, resolve_name
-from .resnest import ResNeSt, ResNeStBottleneck, set_drop_block_prob
+from .resnest import ResNeSt, ResNeStBottleneck, set_drop_block_prob, set_grad_checkpointing
 
 __all__ = [
     "ModelCfg",
@@ -13,4 +13,5 @@ __all__ = [
     "register_model",
     "resolve_name",
     "set_drop_block_prob",
+    "set_grad_checkpointing",
 ]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .resnest import check_input
+from .resnest import check_input, set_grad_checkpointing
 
 
 class FeatureListNet(nn.Module):
@@ -40,6 +40,12 @@ class FeatureListNet(nn.Module):
             self.add_module(f"layer{i}", getattr(model, f"layer{i}") if i <= self.last else nn.Identity())
         self.feature_info = [model.feature_info[i] for i in out_indices]
         self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+
+    @torch.jit.unused
+    def set_grad_checkpointing(self, enable: bool | str = True) -> None:
+        """Recompute activations in backward to save training memory; see
+        :func:`splitattn.models.set_grad_checkpointing`."""
+        set_grad_checkpointing(self, enable)
 
     def channels(self) -> list[int]:
         return [f["num_chs"] for f in self.feature_info]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import DropBlock2d, SplitAttn, get_norm_layer
+from ..layers import DropBlock2d, SplitAttn, checkpoint, get_norm_layer
 from ..layers.norm import NormLayer, attention_norm_layer
 from .registry import ModelCfg, register_model
 
@@ -115,6 +115,7 @@ class ResNeStBottleneck(nn.Module):
         self.drop_block3 = drop_block()
         self.act3 = nn.ReLU(inplace=True)
         self.downsample = downsample if downsample is not None else nn.Identity()
+        self.grad_checkpointing = False  # set by ResNeSt.set_grad_checkpointing("block")
 
     def zero_init_last(self) -> None:
         """Zero the last norm's scale so the block starts as the identity (paper's "zero gamma")."""
@@ -122,6 +123,16 @@ class ResNeStBottleneck(nn.Module):
             nn.init.zeros_(self.bn3.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        checkpointed = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        if checkpointed and not torch.jit.is_scripting():
+            return self._checkpointed_forward(x)
+        return self._forward(x)
+
+    @torch.jit.unused
+    def _checkpointed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self._forward, x, modules=(self,))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.downsample(x)
         out = self.act1(self.drop_block1(self.bn1(self.conv1(x))))
         out = self.avd_first(out)
@@ -254,6 +265,7 @@ class ResNeSt(nn.Module):
         self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.fc = self._make_classifier(num_classes)
         self._init_weights(zero_init_last)
+        self.grad_checkpointing = ""
         self._bn_needs_batch = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
@@ -285,6 +297,11 @@ class ResNeSt(nn.Module):
             self.global_pool_type = global_pool
             self.global_pool, self.flatten = _make_pool(global_pool)
         self.fc = self._make_classifier(num_classes)
+
+    @torch.jit.unused
+    def set_grad_checkpointing(self, enable: bool | str = True) -> None:
+        """Recompute activations in backward to save training memory; see :func:`set_grad_checkpointing`."""
+        self.grad_checkpointing = set_grad_checkpointing(self, enable)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W) -> (B, 2w, H/2, W/2)``: deep stem, BN, ReLU (before the max pool)."""
@@ -330,6 +347,36 @@ def _make_pool(kind: str) -> tuple[nn.Module, nn.Module]:
     if kind == "":
         return nn.Identity(), nn.Identity()
     raise ValueError(f"global_pool must be 'avg', 'max', 'avgmax' or '', got {kind!r}")
+
+
+def set_grad_checkpointing(model: nn.Module, enable: bool | str = True) -> str:
+    """Trade compute for training memory by recomputing activations in the backward pass.
+
+    Args:
+        model: a ResNeSt, a features_only backbone, or any module containing ResNeSt blocks.
+        enable: ``True`` or ``"block"``: keep only each bottleneck's input and recompute the block
+            (timm's behaviour: the least memory, about one extra forward of compute); ``"attn"``: keep
+            only the grouped conv's output in each Split-Attention conv and recompute BN0, ReLU, the
+            attention and the weighted sum (two fewer radix-expanded maps per block, for a few
+            elementwise passes); ``False``: off.
+
+    Returns:
+        The mode set: ``"block"``, ``"attn"`` or ``""``.
+
+    BatchNorm running statistics are still updated once per step and DropBlock masks are replayed, so
+    training computes the same function. No effect in eval mode, under ``torch.no_grad()`` or in
+    TorchScript.
+    """
+    if enable is True:
+        enable = "block"
+    if enable not in (False, "block", "attn"):
+        raise ValueError(f"grad checkpointing must be True, False, 'block' or 'attn', got {enable!r}")
+    for m in model.modules():
+        if isinstance(m, ResNeStBottleneck):
+            m.grad_checkpointing = enable == "block"
+        elif isinstance(m, SplitAttn):
+            m.recompute = enable == "attn"
+    return enable or ""
 
 
 def set_drop_block_prob(model: nn.Module, prob: float) -> int:
