@@ -87,8 +87,11 @@ def test_per_row_layouts_in_one_run() -> None:
 def test_checkpointing_rows_train_only_and_save_less() -> None:
     args = _args("--device", "cpu", "--models", "splitattn:resnest14d", "splitattn:resnest14d+ckpt-attn",
                  "splitattn:resnest14d+ckpt", "timm:resnest14d+ckpt", "--ref-resnest", "timm:resnest14d+ckpt",
-                 "-b", "2", "--img-size", "32", "--rounds", "1", "--steps", "1", "--warmup", "0")
-    rows = {r["model"]: r for r in run_benchmark(args, log=lambda _: None)}
+                 "-b", "2", "--img-size", "32", "--rounds", "1", "--steps", "1", "--warmup", "0",
+                 "--optimized")
+    out = run_benchmark(args, log=lambda _: None)
+    rows = {r["model"]: r for r in out}
+    assert len(out) == len(rows) == 6  # --optimized adds fold/opt once, for the plain row only
     plain, attn = rows["splitattn:resnest14d"], rows["splitattn:resnest14d (attention recompute)"]
     block = rows["splitattn:resnest14d (grad checkpointing)"]
     assert "infer_samples_per_sec" not in attn and attn["train_samples_per_sec"] > 0

@@ -233,7 +233,10 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     specs = list(args.models)
     ours = [parse_spec(s) for s in args.models if s.startswith("splitattn:")]
     if args.optimized:
-        specs += [f"{b}+{v}" + (f"@{lay}" if lay else "") for b, _, lay in ours for v in ("fold", "opt")]
+        # One "fold" and one "opt" row per plain splitattn row (not per +ckpt row of the same model).
+        extra = [f"{b}+{v}" + (f"@{lay}" if lay else "")
+                 for b, var, lay in ours if not var for v in ("fold", "opt")]
+        specs += [e for e in dict.fromkeys(extra) if e not in specs]
     if args.onnx:  # onnxruntime takes NCHW arrays: one row per model whatever its layouts
         specs += ["onnx:" + b.split(":", 1)[1] for b in dict.fromkeys(b for b, _, _ in ours)]
     runners = []
