@@ -175,10 +175,7 @@ class _FusedBottleneck(ResNeStBottleneck):
             input_is_private: ... or when it is ``x`` itself and nothing else holds ``x``.
         """
         shortcut = self.downsample(x)
-        out = self.act1(self.drop_block1(self.bn1(self.conv1(x))))
-        out = self.avd_first(out)
-        out = self.act2(self.drop_block2(self.bn2(self.conv2(out))))
-        out = self.avd_last(out)
+        out = self.conv3_input(x)
         return self.conv3(out, shortcut, may_reuse and (input_is_private or self.fresh_shortcut))
 
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import checkpoint
+
 
 def radix_softmax(logits: torch.Tensor, radix: int, cardinality: int) -> torch.Tensor:
     """r-softmax of the attention logits, returned in radix-major order.
@@ -137,8 +139,6 @@ class SplitAttn(nn.Module):
 
     @torch.jit.unused
     def _checkpointed_tail(self, x: torch.Tensor) -> torch.Tensor:
-        from .checkpoint import checkpoint
-
         return checkpoint(self.tail, x, modules=(self,))
 
 

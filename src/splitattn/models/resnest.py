@@ -117,6 +117,13 @@ class ResNeStBottleneck(nn.Module):
         self.downsample = downsample if downsample is not None else nn.Identity()
         self.grad_checkpointing = False  # set by ResNeSt.set_grad_checkpointing("block")
 
+    def conv3_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch up to ``conv3``: conv1 -> conv2 with the avd pool; ``(B, gw, H', W')``."""
+        out = self.act1(self.drop_block1(self.bn1(self.conv1(x))))
+        out = self.avd_first(out)
+        out = self.act2(self.drop_block2(self.bn2(self.conv2(out))))
+        return self.avd_last(out)
+
     def zero_init_last(self) -> None:
         """Zero the last norm's scale so the block starts as the identity (paper's "zero gamma")."""
         if getattr(self.bn3, "weight", None) is not None:
@@ -134,11 +141,7 @@ class ResNeStBottleneck(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.downsample(x)
-        out = self.act1(self.drop_block1(self.bn1(self.conv1(x))))
-        out = self.avd_first(out)
-        out = self.act2(self.drop_block2(self.bn2(self.conv2(out))))
-        out = self.avd_last(out)
-        out = self.drop_block3(self.bn3(self.conv3(out)))
+        out = self.drop_block3(self.bn3(self.conv3(self.conv3_input(x))))
         # In place, as the official code, timm and torchvision do: saves a map-sized allocation per block;
         # no norm saves its output for backward, so autograd is unaffected.
         out += shortcut
