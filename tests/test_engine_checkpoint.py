@@ -18,7 +18,7 @@ from splitattn.engine import (
     read_metrics,
     save_checkpoint,
 )
-from splitattn.engine.amp import autocast, make_grad_scaler
+from splitattn.amp import autocast, make_grad_scaler
 from splitattn.engine.rng import get_rng_state, set_rng_state
 
 

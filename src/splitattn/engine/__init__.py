@@ -1,8 +1,9 @@
 """Training engine: checkpoints, distributed set-up, mixed precision, progress and metrics."""
 
-from .amp import autocast, make_grad_scaler
-from .checkpoint import CheckpointError, find_latest_checkpoint, load_checkpoint, save_checkpoint
-from .distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
+from ..amp import autocast, make_grad_scaler
+from ..checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from ..distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
+from ..errors import CheckpointError
 from .progress import EpochProgress, MetricsLogger, read_metrics
 
 __all__ = [

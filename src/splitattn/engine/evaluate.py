@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .amp import autocast
-from .distributed import all_reduce_sum
+from ..amp import autocast
+from ..distributed import all_reduce_sum
 
 
 @torch.inference_mode()

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from .. import create_model
+from ..checkpoint import load_checkpoint
 from ..models.registry import ModelCfg, get_model_cfg
 from ..weights import read_state_dict, save_weights
-from .checkpoint import load_checkpoint
 
 
 def imagenet_classes() -> list[str]:

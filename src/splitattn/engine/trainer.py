@@ -16,6 +16,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 
 from .. import create_model
+from ..amp import autocast, make_grad_scaler
+from ..checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data.augment import create_mixup, create_train_transform
 from ..data.datasets import (
     BadImageError,
@@ -26,11 +28,9 @@ from ..data.datasets import (
     unwrap_worker_error,
 )
 from ..data.transforms import create_eval_transform
+from ..distributed import DistInfo, all_reduce_mean, all_reduce_sum, cleanup_distributed, init_distributed
 from ..models import set_drop_block_prob
-from .amp import autocast, make_grad_scaler
-from .checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import save_config
-from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, cleanup_distributed, init_distributed
 from .evaluate import evaluate
 from .optim import WarmupCosineSchedule, create_optimizer, drop_block_prob_at
 from .progress import EpochProgress, MetricsLogger

@@ -1,9 +1,9 @@
-"""Reusable layers: Split-Attention conv, DropBlock, norm-layer choice, fused inference conv, checkpoint."""
+"""Reusable layers: Split-Attention conv, DropBlock, norm-layer choice, fused inference conv, activation recompute."""
 
-from .checkpoint import checkpoint
 from .drop import DropBlock2d, drop_block_2d
 from .fused_conv import FusedConv2d
 from .norm import FrozenBatchNorm2d, get_norm_layer, group_norm
+from .recompute import checkpoint
 from .split_attn import SplitAttn, radix_softmax, radix_weighted_sum
 
 __all__ = [

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import checkpoint
+from .recompute import checkpoint
 
 
 def radix_softmax(logits: torch.Tensor, radix: int, cardinality: int) -> torch.Tensor:

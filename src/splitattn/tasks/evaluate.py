@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..engine.amp import autocast
-from ..engine.distributed import all_reduce_sum, is_dist
+from ..amp import autocast
+from ..distributed import all_reduce_sum, is_dist
 from .datasets import CocoDetection
 from .metrics import SegmentationMetric, coco_evaluate, to_coco_results
 from .transforms import detection_collate

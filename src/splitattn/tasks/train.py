@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..engine.amp import autocast, make_grad_scaler
-from ..engine.checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from ..amp import autocast, make_grad_scaler
+from ..checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from ..distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
 from ..engine.config import save_config
-from ..engine.distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
 from ..engine.optim import param_groups_weight_decay
 from ..engine.progress import EpochProgress, MetricsLogger
 from ..engine.rng import seed_everything

@@ -8,23 +8,17 @@ uint8 tensors), written with :func:`torch.save` to a temp file in the same folde
 from __future__ import annotations
 
 import os
-import pickle
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
+from .errors import CheckpointError, MissingFileError
+from .fileio import atomic_torch_save, safe_torch_load
 
 CKPT_SUFFIX = ".ckpt"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupt, or needs pickled code to load."""
-
-
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``).
+    """Write ``state`` to ``path`` atomically (:func:`splitattn.fileio.atomic_torch_save`).
 
     Args:
         path: destination file; its folder is created.
@@ -34,34 +28,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        # Make the rename itself durable (POSIX: fsync the directory).
-        try:
-            dfd = os.open(path.parent, os.O_RDONLY)
-        except OSError:
-            dfd = None
-        if dfd is not None:
-            try:
-                os.fsync(dfd)
-            except OSError:
-                pass
-            finally:
-                os.close(dfd)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_torch_save(path, state)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` with ``torch.load(weights_only=True)``.
 
     Raises:
@@ -70,19 +40,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"checkpoint {path} needs pickled code to load, which splitattn refuses to execute "
-            f"({str(e).splitlines()[0]}); re-save it with plain tensors and containers"
-        ) from e
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({str(e).splitlines()[0]}); delete it, or resume "
-            "from another checkpoint in the same folder"
-        ) from e
+        raise MissingFileError(f"checkpoint {path} does not exist")
+    obj = safe_torch_load(path, CheckpointError, "checkpoint")
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
