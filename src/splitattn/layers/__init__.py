@@ -1,4 +1,4 @@
-"""Reusable layers: Split-Attention conv, DropBlock, norm-layer choice, fused inference conv, activation recompute."""
+"""Reusable layers: Split-Attention conv, DropBlock, norm choice, fused inference conv, recompute."""
 
 from .drop import DropBlock2d, drop_block_2d
 from .fused_conv import FusedConv2d
