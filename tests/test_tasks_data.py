@@ -1,21 +1,17 @@
-"""Datasets (COCO, ADE20K, Cityscapes layouts), transforms, COCO mAP, mIoU, configs and the CLI."""
+"""COCO mAP, mIoU, task configs and the detect / segment CLI (the datasets: tests/test_data_datasets.py)."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 
 from splitattn.cli import main
-from splitattn.tasks import ADE20KSegmentation, CityscapesSegmentation, CocoDetection, SegmentationMetric
-from splitattn.tasks.config import resolve_task_config
-from splitattn.tasks.metrics import coco_evaluate, to_coco_results
-from splitattn.tasks.synthetic import make_shapes_ade, make_shapes_coco
-from splitattn.tasks.transforms import DetectionTransform, SegmentationTransform
+from splitattn.data import CocoDetection, make_shapes_ade, make_shapes_coco
+from splitattn.engine import load_config
+from splitattn.metrics import SegmentationMetric, coco_evaluate, to_coco_results
 
 
 @pytest.fixture(scope="module")
@@ -24,48 +20,6 @@ def coco_root(tmp_path_factory):
     make_shapes_coco(root, "train", num_images=6, size=64, seed=0, crowd_every=2)
     make_shapes_coco(root, "val", num_images=4, size=64, seed=1, crowd_every=2)
     return root
-
-
-def test_coco_dataset_boxes_masks_crowd(coco_root):
-    ann = coco_root / "annotations" / "instances_train2017.json"
-    raw = json.loads(ann.read_text())
-    ds = CocoDetection(coco_root / "train2017", ann, masks=True)
-    assert len(ds) == 6 and ds.num_classes == 4 and ds.label_to_cat_id == [0, 1, 2, 3]
-    img, t = ds[0]
-    assert (
-        img.dtype == torch.float32 and img.shape[0] == 3 and float(img.min()) >= 0 and float(img.max()) <= 1
-    )
-    non_crowd = [a for a in raw["annotations"] if a["image_id"] == 1 and not a["iscrowd"]]
-    assert t["boxes"].shape == (len(non_crowd), 4) and int(t["iscrowd"].sum()) == 0
-    a = non_crowd[0]
-    x, y, w, h = a["bbox"]
-    torch.testing.assert_close(t["boxes"][0], torch.tensor([x, y, x + w, y + h]))
-    assert t["masks"].shape == (len(non_crowd), *img.shape[-2:]) and t["masks"].dtype == torch.uint8
-    # the polygon's mask lies inside its box and has the annotated area (+- rasterisation)
-    m = t["masks"][0].bool()
-    ys, xs = torch.nonzero(m, as_tuple=True)
-    assert xs.min() >= int(x) and xs.max() <= x + w and int(m.sum()) == a["area"]
-    crowd = CocoDetection(coco_root / "train2017", ann, masks=True, keep_crowd=True)
-    rle = next(a for a in raw["annotations"] if a["iscrowd"])
-    idx = ds.ids.index(rle["image_id"])
-    n_plain = len(ds[idx][1]["labels"])
-    _, tc = crowd[idx]
-    assert isinstance(rle["segmentation"]["counts"], list)  # uncompressed RLE, as COCO stores crowds
-    assert int(tc["iscrowd"].sum()) == 1 and tc["masks"].shape[0] == n_plain + 1
-    assert int(tc["masks"][tc["iscrowd"].bool()][0].sum()) == rle["area"]  # RLE decoded
-    flip = CocoDetection(coco_root / "train2017", ann, DetectionTransform(True, hflip=1.0), masks=True)
-    fimg, ft = flip[0]
-    wimg = img.shape[-1]
-    torch.testing.assert_close(ft["boxes"][:, 0], wimg - t["boxes"][:, 2])
-    torch.testing.assert_close(fimg, img.flip(-1))
-    assert torch.equal(ft["masks"], t["masks"].flip(-1))
-    scaled = CocoDetection(coco_root / "train2017", ann, DetectionTransform(False, scales=[96], max_size=200))
-    simg, st = scaled[0]
-    assert min(simg.shape[-2:]) == 96
-    torch.testing.assert_close(st["boxes"], t["boxes"] * 96 / min(img.shape[-2:]), atol=0.6, rtol=0)
-
-    with pytest.raises(FileNotFoundError, match="annotation file"):
-        CocoDetection(coco_root / "train2017", coco_root / "missing.json")
 
 
 def test_coco_map_perfect_and_perturbed(coco_root):
@@ -117,49 +71,15 @@ def test_miou_against_hand_computed_value():
         m2.update(pred, torch.full_like(target, 7))
 
 
-def test_ade20k_layout(tmp_path):
-    make_shapes_ade(tmp_path, "training", num_images=3, size=64)
-    raw = np.array(Image.open(tmp_path / "annotations" / "training" / "ADE_training_00000000.png"))
-    ds = ADE20KSegmentation(tmp_path, "training", num_classes=4)
-    assert len(ds) == 3
-    img, lab = ds[0]
-    assert img.shape == (3, 64, 64) and lab.shape == (64, 64) and lab.dtype == torch.int64
-    exp = raw.astype(np.int64) - 1
-    exp[raw == 0] = 255
-    assert torch.equal(lab, torch.from_numpy(exp))
-    t = SegmentationTransform(True, crop_size=48, base_size=40, scale_range=(1.0, 1.0))
-    img, lab = ADE20KSegmentation(tmp_path, "training", t, num_classes=4)[1]
-    assert img.shape == (3, 48, 48) and lab.shape == (48, 48)
-    assert set(lab.unique().tolist()) <= {0, 1, 2, 3, 255} and bool((lab == 255).any())  # padding ignored
-    with pytest.raises(FileNotFoundError, match="ADE20K layout"):
-        ADE20KSegmentation(tmp_path, "validation")
-
-
-def test_cityscapes_layout(tmp_path):
-    city = "aachen"
-    (tmp_path / "leftImg8bit" / "val" / city).mkdir(parents=True)
-    (tmp_path / "gtFine" / "val" / city).mkdir(parents=True)
-    ids = np.array([[0, 7, 8, 11], [26, 33, 34, 255], [1, 24, 19, 21]], dtype=np.uint8)
-    stem = f"{city}_000000_000019"
-    Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(
-        tmp_path / "leftImg8bit" / "val" / city / f"{stem}_leftImg8bit.png"
-    )
-    Image.fromarray(ids).save(tmp_path / "gtFine" / "val" / city / f"{stem}_gtFine_labelIds.png")
-    ds = CityscapesSegmentation(tmp_path, "val")
-    assert len(ds) == 1 and ds.num_classes == 19
-    _, lab = ds[0]
-    assert lab.tolist() == [[255, 0, 1, 2], [13, 18, 255, 255], [255, 11, 6, 8]]
-
-
 def test_config_inheritance_and_errors(tmp_path):
-    cfg = resolve_task_config("detection", "configs/detection/cascade_mask_rcnn_fpn_resnest50.yaml")
-    assert cfg["model"] == "cascade_mask_rcnn_fpn" and cfg["lr"] == 0.02 and cfg["batch_size"] == 16
-    assert cfg["min_size"] == [640, 672, 704, 736, 768, 800] and cfg["max_size"] == 1333
-    assert cfg["backbone_norm"] == "syncbn" and cfg["box_head"] == "4conv1fc" and cfg["max_iter"] == 90000
-    seg = resolve_task_config("segmentation", "configs/segmentation/deeplabv3_resnest101_cityscapes.yaml")
-    assert seg["dataset"] == "cityscapes" and seg["num_classes"] == 19 and seg["output_stride"] == 8
+    cfg = load_config("detection", "configs/detection/cascade_mask_rcnn_fpn_resnest50.yaml")
+    assert cfg.model == "cascade_mask_rcnn_fpn" and cfg.lr == 0.02 and cfg.batch_size == 16
+    assert cfg.min_size == [640, 672, 704, 736, 768, 800] and cfg.max_size == 1333
+    assert cfg.backbone_norm == "syncbn" and cfg.box_head == "4conv1fc" and cfg.max_iter == 90000
+    seg = load_config("segmentation", "configs/segmentation/deeplabv3_resnest101_cityscapes.yaml")
+    assert seg.dataset == "cityscapes" and seg.num_classes == 19 and seg.output_stride == 8
     with pytest.raises(ValueError, match="did you mean 'max_iter'"):
-        resolve_task_config("detection", overrides={"max_iters": 3})
+        load_config("detection", overrides={"max_iters": 3})
 
 
 def test_cli_detect_and_segment_train_resume_eval(tmp_path, capsys):
@@ -183,7 +103,7 @@ def test_cli_detect_and_segment_train_resume_eval(tmp_path, capsys):
         f"val_ann={tmp_path}/c/annotations/instances_val2017.json",
         "pretrained_backbone=null",
         "warmup_iters=1",
-        "checkpoint_period=1",
+        "checkpoint_interval=1",
     ]
     run = tmp_path / "det"
     args = [
@@ -202,7 +122,7 @@ def test_cli_detect_and_segment_train_resume_eval(tmp_path, capsys):
     assert (run / "last.ckpt").is_file()
     assert main([*args[:6], "--max-iter", "2", "--resume", "auto", *args[8:]]) == 0
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in recs if "loss" in r] == [1, 2] and "bbox_AP" in recs[-1]
+    assert [r["iter"] for r in recs if "train_loss" in r] == [1, 2] and "bbox_AP" in recs[-1]
     capsys.readouterr()
     assert (
         main(["detect", "eval", "--checkpoint", str(run / "last.ckpt"), "model=faster_rcnn_fpn", *small]) == 0

@@ -9,7 +9,9 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from .transforms import _INTERP
+from ..errors import ConfigError
+from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .preprocessing import INTERPOLATIONS
 
 # PCA of ImageNet RGB pixels (AlexNet, Krizhevsky et al. 2012), as used by GluonCV/ResNeSt's Lighting.
 IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -57,8 +59,8 @@ def create_train_transform(
     color_jitter: float = 0.4,
     pca_lighting: float = 0.1,
     interpolation: str = "bicubic",
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> T.Compose:
     """PIL image -> normalised ``(3, img_size, img_size)`` float tensor, the paper's ImageNet recipe.
 
@@ -66,10 +68,10 @@ def create_train_transform(
     float -> PCA lighting -> Normalize. Any step is dropped by setting its strength to 0/``None``.
     """
     if auto_augment and auto_augment.lower() not in _AA:
-        raise ValueError(f"auto_augment must be one of {sorted(_AA)} or null, got {auto_augment!r}")
-    if interpolation not in _INTERP:
-        raise ValueError(f"interpolation must be one of {sorted(_INTERP)}, got {interpolation!r}")
-    interp = _INTERP[interpolation]
+        raise ConfigError(f"auto_augment must be one of {sorted(_AA)} or null, got {auto_augment!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}")
+    interp = INTERPOLATIONS[interpolation]
     ops: list[nn.Module] = [
         T.ToImage(),
         T.RandomResizedCrop(img_size, scale=tuple(scale), ratio=tuple(ratio), interpolation=interp,

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..fileio import atomic_write_text
+
 
 def build_digits_imagefolder(root: str | os.PathLike, size: int = 32, val_fraction: float = 0.2,
                              seed: int = 0) -> Path:
@@ -38,7 +40,7 @@ def build_digits_imagefolder(root: str | os.PathLike, size: int = 32, val_fracti
             d = root / split / str(int(digits.target[i]))
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[i], mode="L").resize((size, size), Image.BICUBIC).save(d / f"{i:04d}.png")
-    stamp.write_text(json.dumps(meta))
+    atomic_write_text(stamp, json.dumps(meta))  # written last: marks the folder complete
     return root
 
 

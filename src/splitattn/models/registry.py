@@ -7,13 +7,13 @@ mean/std) and the weights loader (URL, SHA-256 prefix) all read.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,6 @@ class ModelCfg:
     classifier: str = "fc"
     aliases: tuple[str, ...] = ()
     source: str = ""
-    license: str = "apache-2.0"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def file_name(self) -> str:
@@ -97,7 +95,7 @@ def resolve_name(name: str) -> str:
 
     close = difflib.get_close_matches(name, [*_CFGS, *_ALIASES], n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model {name!r}{hint} (splitattn.list_models() lists them)")
+    raise InputError(f"unknown model {name!r}{hint} (splitattn.list_models() lists them)")
 
 
 def get_model_cfg(name: str) -> ModelCfg:

@@ -1,0 +1,204 @@
+"""ImageFolder datasets (torchvision's :class:`~torchvision.datasets.DatasetFolder`) and the one image
+reader of the data package, with errors that name the folder or file at fault and say how to fix it."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.datasets import DatasetFolder
+from torchvision.datasets.folder import make_dataset
+
+from ..errors import BadImageError, ConfigError, DataError, MissingFileError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+SKIP_HINT = "delete or replace it, or pass --skip-bad-images to skip such files"
+
+T = TypeVar("T")
+
+
+def decode_image_file(path: str | os.PathLike, decode: Callable[[Image.Image], T], what: str = "image",
+                      hint: str = "delete or replace it") -> T:
+    """Open ``path`` with PIL and return ``decode(image)``, run while the file is open.
+
+    Raises:
+        BadImageError: the file is missing, cannot be decoded (corrupt or truncated), or exceeds PIL's
+            decompression-bomb limit; the message names the file and ends with ``hint``.
+    """
+    try:
+        with Image.open(path) as im:
+            return decode(im)
+    except FileNotFoundError as e:
+        raise BadImageError(f"{what} {path} does not exist; check the dataset folder, or {hint}") from e
+    except Image.DecompressionBombError as e:
+        raise BadImageError(
+            f"{what} {path} is too large to decode safely ({e}); shrink it, or raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS if you trust the file, or {hint}"
+        ) from e
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise BadImageError(f"cannot read {what} {path} ({e}); it is corrupt or truncated: {hint}") from e
+
+
+def _to_rgb8(im: Image.Image) -> Image.Image:
+    """RGB with 8 bits per channel. 16-bit (and 32-bit integer) greyscale is scaled from 0..65535 and
+    float greyscale from 0..1, where PIL's ``convert`` would clip every value above 255 to white."""
+    if im.mode.startswith("I") or im.mode == "F":
+        scale = 255.0 if im.mode == "F" else 255.0 / 65535.0
+        arr = np.asarray(im, dtype=np.float64) * scale
+        im = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+    return im.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike, hint: str = "delete or replace it") -> Image.Image:
+    """Decode ``path`` fully as an 8-bit RGB PIL image.
+
+    Raises:
+        BadImageError: naming the file, when it is missing, corrupt, truncated or too large.
+    """
+    return decode_image_file(path, _to_rgb8, "image", hint)
+
+
+# A module-level partial (not a lambda or bound method) so the dataset pickles to DataLoader workers.
+_load_skippable = functools.partial(load_rgb, hint=SKIP_HINT)
+
+
+def find_image_classes(root: str | os.PathLike, what: str = "dataset") -> tuple[list[str], dict[str, int]]:
+    """Sorted class folders of an ImageFolder (hidden folders skipped) and their indices.
+
+    Raises:
+        MissingFileError: ``root`` does not exist.
+        DataError: ``root`` has no class folders.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MissingFileError(f"{what} folder {root} does not exist")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"{what} folder {root} has no class sub-folders; put the images of each class in "
+                        f"{root}/<class_name>/ (ImageFolder layout)")
+    return classes, {c: i for i, c in enumerate(classes)}
+
+
+def make_image_samples(root: str | os.PathLike, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """torchvision's ``make_dataset`` with :data:`IMG_EXTENSIONS`; a class folder without images is a
+    :class:`DataError` naming it."""
+    samples = make_dataset(str(root), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    found = {t for _, t in samples}
+    for name, idx in class_to_idx.items():
+        if idx not in found:
+            raise DataError(
+                f"class folder {Path(root) / name} has no images (extensions {', '.join(IMG_EXTENSIONS)}); "
+                "add images or remove the folder"
+            )
+    return samples
+
+
+def scan_image_folder(root: str | os.PathLike, what: str = "dataset",
+                      ) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sorted sub-folder names) and ``(path, class_index)`` samples of an ImageFolder.
+
+    Raises:
+        MissingFileError: ``root`` does not exist.
+        DataError: no class folders, or a class folder without images.
+    """
+    classes, class_to_idx = find_image_classes(root, what)
+    return classes, make_image_samples(root, class_to_idx)
+
+
+def resolve_split_dirs(data: str | os.PathLike | None) -> tuple[Path, Path]:
+    """``DIR`` -> ``(DIR/train, DIR/val)`` with clear errors when either is missing."""
+    if data is None:
+        raise ConfigError("no data folder given; pass --data DIR holding train/ and val/ "
+                          "(ImageFolder layout)")
+    root = Path(data)
+    if not root.is_dir():
+        raise MissingFileError(f"data folder {root} does not exist; pass --data DIR holding train/ and val/")
+    train, val = root / "train", root / "val"
+    if not train.is_dir():
+        raise MissingFileError(f"data folder {root} has no train/ sub-folder; expected "
+                               f"{train}/<class>/<image> and {val}/<class>/<image>")
+    if not val.is_dir():
+        raise MissingFileError(f"data folder {root} has no val/ sub-folder; expected {val}/<class>/<image> "
+                               "with the same class folders as train/")
+    return train, val
+
+
+def check_same_classes(train_classes: Sequence[str], val_classes: Sequence[str], train_dir: str | os.PathLike,
+                       val_dir: str | os.PathLike) -> None:
+    """Raise :class:`DataError` listing the differences when the two class lists differ."""
+    if list(train_classes) != list(val_classes):
+        only_t = sorted(set(train_classes) - set(val_classes))
+        only_v = sorted(set(val_classes) - set(train_classes))
+        raise DataError(
+            f"the class folders of {val_dir} differ from those of {train_dir}: "
+            f"only in train: {only_t[:10] or 'none'}, only in val: {only_v[:10] or 'none'}; "
+            "make both hold the same class sub-folders"
+        )
+
+
+class ImageFolderDataset(DatasetFolder):
+    """An ImageFolder (``root/<class>/<image>``) returning ``(transform(image), class_index)``.
+
+    torchvision's ``DatasetFolder`` (same class order and sample list) with errors naming the folder
+    or file at fault, hidden folders skipped, and unreadable images optionally skipped. Wrap it in
+    :class:`~splitattn.data.seeded.SeededDataset` for reproducible augmentation.
+
+    Args:
+        root: folder of class folders.
+        transform: PIL image -> tensor (e.g. ``(3, H, W)``); ``None`` returns the PIL image.
+        classes: expected class names (the train classes) for a val split; a mismatch is an error.
+        skip_bad_images: return ``None`` for an unreadable file instead of raising (the loader's
+            :func:`collate_skip_bad` drops and counts them).
+        what: ``"train"``/``"val"``, used in error messages.
+
+    Attributes:
+        classes, class_to_idx, samples (``[(path, class_index)]``), targets.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None,
+                 classes: Sequence[str] | None = None, skip_bad_images: bool = False,
+                 what: str = "dataset") -> None:
+        self.what = what  # read by find_classes, which DatasetFolder.__init__ calls
+        super().__init__(str(root), loader=_load_skippable, extensions=IMG_EXTENSIONS, transform=transform)
+        if classes is not None:
+            check_same_classes(classes, self.classes, "train", root)
+        self.skip_bad_images = skip_bad_images
+
+    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+        return find_image_classes(directory, self.what)
+
+    @staticmethod
+    def make_dataset(directory: str | os.PathLike, class_to_idx: dict[str, int], extensions: Any = None,
+                     is_valid_file: Any = None, allow_empty: bool = False) -> list[tuple[str, int]]:
+        return make_image_samples(directory, class_to_idx)
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+        try:
+            return super().__getitem__(index)
+        except BadImageError:
+            if self.skip_bad_images:
+                return None
+            raise
+
+
+def collate_skip_bad(batch: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the readable samples; returns ``(images (B, 3, H, W), targets (B,), n_skipped)``."""
+    good = [b for b in batch if b is not None]
+    n_bad = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), n_bad
+    x = torch.stack([g[0] for g in good])
+    y = torch.tensor([g[1] for g in good], dtype=torch.long)
+    return x, y, n_bad
+
+
+__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "check_same_classes", "collate_skip_bad",
+           "decode_image_file", "find_image_classes", "load_rgb", "make_image_samples", "resolve_split_dirs",
+           "scan_image_folder"]
