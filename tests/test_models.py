@@ -8,9 +8,10 @@ from torch import nn
 
 import splitattn
 from conftest import ALL_MODELS
+from splitattn.errors import ConfigError, InputError
 from splitattn.flops import count_macs, count_params
 from splitattn.layers import DropBlock2d
-from splitattn.models import ResNeStBottleneck, set_drop_block_prob
+from splitattn.models import FeatureDictNet, FeatureListNet, ResNeStBottleneck, set_drop_block_prob
 
 # PAPER.md's zoo table: exact parameter counts and GMACs at each model's crop size (fvcore, MAC = 1).
 # resnest14d/26d are timm's (params measured on timm's models, GMACs from timm's model table).
@@ -125,8 +126,46 @@ def test_features_only(output_stride: int, expected: list[int]) -> None:
     sub = splitattn.create_model("resnest14d", features_only=True, out_indices=(2, 4)).eval()
     assert [o.shape[1] for o in sub(x)] == [512, 2048]
     assert all(torch.equal(a, b) for a, b in zip(torch.jit.script(net)(x), outs))
-    with pytest.raises(ValueError, match="out_indices"):
+    with pytest.raises(ConfigError, match=r"out_indices must be within 0..4 .* got \(5,\)"):
         splitattn.create_model("resnest14d", features_only=True, out_indices=(5,))
+
+
+@pytest.mark.parametrize("output_stride", [32, 8])
+def test_feature_dict_net_names_shapes_and_list_view(output_stride: int) -> None:
+    torch.manual_seed(0)
+    model = splitattn.create_model("resnest14d", num_classes=0, output_stride=output_stride).eval()
+    net = FeatureDictNet(model, out_indices=(0, 1, 2, 3, 4))
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        outs = net(x)
+        assert list(outs) == net.feature_names == ["stem", "layer1", "layer2", "layer3", "layer4"]
+        reductions = [2, 4, 8, *[min(r, output_stride) for r in (16, 32)]]
+        assert net.reductions() == reductions and net.channels() == [64, 256, 512, 1024, 2048]
+        assert [tuple(o.shape) for o in outs.values()] == [
+            (2, c, 64 // r, 96 // r) for c, r in zip(net.channels(), reductions)
+        ]
+        assert [f["module"] for f in net.feature_info] == ["act1", "layer1", "layer2", "layer3", "layer4"]
+        # The list view is the dict's values, from the same modules; both script.
+        lst = FeatureListNet(model, out_indices=(0, 1, 2, 3, 4))
+        assert all(torch.equal(a, b) for a, b in zip(lst(x), outs.values(), strict=True))
+        scripted = torch.jit.script(net)(x)
+        assert list(scripted) == list(outs) and all(torch.equal(scripted[k], outs[k]) for k in outs)
+        # detectron2 names for all 5 stages, or one per requested index; stages past the last are dropped.
+        d2 = FeatureDictNet(model, (4, 2), feature_names=("stem", "res2", "res3", "res4", "res5"))
+        mine = FeatureDictNet(model, (4, 2), feature_names=("c5", "c3"))  # outputs come in stage order
+        assert list(d2(x)) == ["res3", "res5"] and list(mine(x)) == ["c3", "c5"]
+        assert torch.equal(d2(x)["res5"], outs["layer4"]) and torch.equal(mine(x)["c3"], outs["layer2"])
+        short = FeatureDictNet(model, (1,))
+        assert not any(k.startswith(("layer2", "layer3", "layer4")) for k in short.state_dict())
+    # A classification state dict (minus fc) loads strictly.
+    clf = splitattn.create_model("resnest14d", output_stride=output_stride).state_dict()
+    net.load_state_dict({k: v for k, v in clf.items() if not k.startswith("fc.")})
+    with pytest.raises(ConfigError, match="feature_names must name the 5 stages"):
+        FeatureDictNet(model, (1, 2), feature_names=("a", "b", "c"))
+    with pytest.raises(ConfigError, match="feature_names must be distinct"):
+        FeatureDictNet(model, (1, 2), feature_names=("a", "a"))
+    with pytest.raises(InputError, match="model must be a ResNeSt"):
+        FeatureDictNet(nn.Conv2d(3, 3, 1))
 
 
 def test_zero_init_last_really_zero() -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from .models.features import FeatureListNet
+from .errors import ConfigError
+from .models.features import FeatureListNet, check_out_indices
 from .models.registry import get_model_cfg, get_model_class, list_models
 from .weights import load_pretrained
-
-log = logging.getLogger("splitattn")
 
 
 def create_model(
@@ -36,14 +34,27 @@ def create_model(
         num_classes: classifier outputs (0 = no classifier). With pretrained weights of another class
             count the classifier weights are dropped and the new classifier keeps its fresh init.
         in_chans: input channels; pretrained RGB stem weights are adapted.
-        features_only: return a :class:`FeatureListNet` giving the stage outputs in ``out_indices``
-            (0 = stem, 1-4 = layer1-4).
+        features_only: return a :class:`~splitattn.models.features.FeatureListNet` giving the list of
+            stage outputs in ``out_indices`` (0 = stem, 1-4 = layer1-4); wrap the model in
+            :class:`~splitattn.models.features.FeatureDictNet` for named outputs.
+        out_indices: with ``features_only``, the stages returned (in stage order).
         output_stride: 32, 16 or 8 (dilated layer3/layer4, for dense prediction).
         **kwargs: other :class:`~splitattn.models.ResNeSt` arguments (``drop_rate``, ``norm_layer``...).
 
     Returns:
         The model, with its :class:`ModelCfg` as ``model.pretrained_cfg``.
+
+    Raises:
+        ConfigError: for ``num_classes < 0``, ``in_chans < 1``, an ``output_stride`` other than 8, 16,
+            32, or ``out_indices`` outside 0..4 (an unknown name: the registry's error, listing close
+            names).
     """
+    if num_classes < 0 or in_chans < 1:
+        raise ConfigError(f"need num_classes >= 0 and in_chans >= 1, got {num_classes=}, {in_chans=}")
+    if output_stride not in (8, 16, 32):
+        raise ConfigError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    if features_only:
+        check_out_indices(out_indices)  # before any download
     cfg = get_model_cfg(name)
     cls = get_model_class(name)
     arch = {**cfg.arch, **kwargs}

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..layers import DropBlock2d, SplitAttn, checkpoint, get_norm_layer
 from ..layers.norm import NormLayer, attention_norm_layer
 from .registry import ModelCfg, register_model
@@ -31,19 +32,19 @@ def check_input(x: torch.Tensor, in_chans: int, batch_stats: bool) -> None:
         raise TypeError(f"expected a torch.Tensor of shape (B, {in_chans}, H, W), got {type(x).__name__}")
     if x.ndim != 4:
         hint = " (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""
-        raise ValueError(f"expected a 4D input (B, {in_chans}, H, W), got shape {tuple(x.shape)}{hint}")
+        raise InputError(f"expected a 4D input (B, {in_chans}, H, W), got shape {tuple(x.shape)}{hint}")
     if x.shape[1] != in_chans:
-        raise ValueError(
+        raise InputError(
             f"expected {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}): convert "
             f"the image, or create the model with in_chans={x.shape[1]}"
         )
     if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
-        raise ValueError(
+        raise InputError(
             f"input {x.shape[2]}x{x.shape[3]} is too small: ResNeSt downsamples by 32 and needs at least "
             f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels; resize or pad the image"
         )
     if batch_stats and x.shape[0] == 1:
-        raise ValueError(
+        raise InputError(
             "a training-mode batch of 1 cannot be normalised: BatchNorm over the 1x1 split-attention "
             "vector needs more than 1 value per channel; use a batch of at least 2, call model.eval() "
             "for inference, or build the model with norm_layer='groupnorm' or 'frozenbn'"
@@ -156,7 +157,7 @@ def _stage_strides(output_stride: int) -> list[tuple[int, int, int]]:
         return [(1, 1, 1), (2, 1, 1), (2, 1, 1), (1, 2, 1)]
     if output_stride == 8:
         return [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 4, 2)]
-    raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    raise InputError(f"output_stride must be 8, 16 or 32, got {output_stride}")
 
 
 class ResNeSt(nn.Module):
@@ -209,9 +210,9 @@ class ResNeSt(nn.Module):
     ) -> None:
         super().__init__()
         if len(layers) != 4:
-            raise ValueError(f"layers must give 4 stage depths, got {list(layers)}")
+            raise InputError(f"layers must give 4 stage depths, got {list(layers)}")
         if radix < 0 or cardinality < 1:
-            raise ValueError(f"need radix >= 0 and cardinality >= 1, got {radix=}, {cardinality=}")
+            raise InputError(f"need radix >= 0 and cardinality >= 1, got {radix=}, {cardinality=}")
         norm = get_norm_layer(norm_layer)
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -352,7 +353,7 @@ def _make_pool(kind: str) -> tuple[nn.Module, nn.Module]:
         return _AvgMaxPool(), nn.Flatten(1)
     if kind == "":
         return nn.Identity(), nn.Identity()
-    raise ValueError(f"global_pool must be 'avg', 'max', 'avgmax' or '', got {kind!r}")
+    raise InputError(f"global_pool must be 'avg', 'max', 'avgmax' or '', got {kind!r}")
 
 
 def set_grad_checkpointing(model: nn.Module, enable: bool | str = True) -> str:
@@ -376,7 +377,7 @@ def set_grad_checkpointing(model: nn.Module, enable: bool | str = True) -> str:
     if enable is True:
         enable = "block"
     if enable not in (False, "block", "attn"):
-        raise ValueError(f"grad checkpointing must be True, False, 'block' or 'attn', got {enable!r}")
+        raise InputError(f"grad checkpointing must be True, False, 'block' or 'attn', got {enable!r}")
     for m in model.modules():
         if isinstance(m, ResNeStBottleneck):
             m.grad_checkpointing = enable == "block"

@@ -1,4 +1,5 @@
-"""Detection / segmentation models: backbone adapter, the four detectors, the cascade, DeepLabV3."""
+"""Detection / segmentation models: backbone (a FeatureDictNet), norm conversion, the four detectors, the
+cascade, DeepLabV3."""
 
 from __future__ import annotations
 
@@ -7,17 +8,20 @@ import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import splitattn
+from splitattn.data import CocoDetection, DetectionTransform, detection_collate, make_shapes_coco
+from splitattn.errors import ConfigError, InputError
 from splitattn.layers import SplitAttn
-from splitattn.tasks import (
+from splitattn.layers.norm import convert_norm, get_head_norm, get_norm_layer, group_norm, norm_name
+from splitattn.models import (
     CascadeRoIHeads,
-    CocoDetection,
+    FeatureDictNet,
+    ResNeStBackbone,
     ResNeStFPN,
     build_resnest_backbone,
     create_detection_model,
     create_segmentation_model,
+    segmentation_loss,
 )
-from splitattn.tasks.synthetic import make_shapes_coco
-from splitattn.tasks.transforms import DetectionTransform, detection_collate
 
 SMALL = dict(
     min_size=64,
@@ -230,3 +234,139 @@ def test_deeplabv3_outputs_and_dilation():
         assert set(noaux(torch.rand(1, 3, 64, 64))) == {"out"}
     with pytest.raises(ValueError, match="unknown segmentation model"):
         create_segmentation_model("pspnet")
+
+
+def _randomise_bn_stats(model: torch.nn.Module) -> torch.nn.Module:
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model
+
+
+def test_detection_backbone_is_the_features_only_extractor(tmp_path):
+    """Same weights -> the same maps from build_resnest_backbone and create_model(features_only=True)."""
+    torch.manual_seed(0)
+    path = splitattn.save_weights(
+        _randomise_bn_stats(splitattn.create_model("resnest14d", num_classes=4)), tmp_path / "c.safetensors"
+    )
+    feats = splitattn.create_model("resnest14d", pretrained=path, features_only=True,
+                                   out_indices=(0, 1, 2, 3, 4)).eval()
+    body = build_resnest_backbone("resnest14d", pretrained=path, norm="batchnorm", freeze_at=0,
+                                  out_features=("stem", "res2", "res3", "res4", "res5")).eval()
+    assert isinstance(body, FeatureDictNet) and isinstance(feats, FeatureDictNet)
+    assert body.state_dict().keys() == feats.state_dict().keys()
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        got, ref = body(x), feats(x)
+        assert list(got) == ["stem", "res2", "res3", "res4", "res5"]
+        assert all(torch.equal(a, b) for a, b in zip(got.values(), ref, strict=True))
+        # FrozenBatchNorm keeps the loaded statistics: the same function as BatchNorm in eval mode.
+        frozen = build_resnest_backbone("resnest14d", pretrained=path, norm="frozenbn", freeze_at=5,
+                                        out_features=("res3", "res5"))
+        for k, v in frozen.train()(x).items():
+            torch.testing.assert_close(v, got[k], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("freeze_at", range(6))
+def test_freeze_at_semantics(freeze_at):
+    torch.manual_seed(0)
+    body = build_resnest_backbone("resnest14d", norm="batchnorm", freeze_at=freeze_at)
+    parts = [("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)]
+    for i, names in enumerate(parts):
+        mods = [getattr(body, n) for n in names]
+        params = [p for m in mods for p in m.parameters()]
+        kinds = {type(m) for mod in mods for m in mod.modules()}
+        frozen = i < freeze_at
+        assert params and all(p.requires_grad != frozen for p in params), (i, names)
+        assert (FrozenBatchNorm2d in kinds) == frozen and (torch.nn.BatchNorm2d in kinds) != frozen, names
+    assert body.freeze_at == freeze_at
+    x = torch.rand(2, 3, 64, 64)
+    loss = sum(v.mean() for v in body.train()(x).values())
+    assert loss.requires_grad == (freeze_at < 5)
+    if freeze_at < 5:
+        loss.backward()
+        assert all((p.grad is not None) == p.requires_grad for p in body.parameters())
+    # A training batch of 1 needs batch statistics only while some BatchNorm is left unfrozen.
+    if freeze_at == 5:
+        assert body(x[:1])["res5"].shape == (1, 2048, 2, 2)
+    else:
+        with pytest.raises(ValueError, match="batch of 1"):
+            body(x[:1])
+    with pytest.raises(ConfigError, match="freeze_at"):
+        body.freeze(6)
+
+
+def test_one_norm_table_for_layers_heads_and_conversion():
+    spellings = {
+        "batchnorm": ("BN", "batch_norm2d", "BatchNorm2d"),
+        "groupnorm": ("gn", "GroupNorm"),
+        "frozenbn": ("FrozenBatchNorm2d", "frozen"),
+        "syncbn": ("SyncBatchNorm", "sync_bn"),
+    }
+    for key, names in spellings.items():
+        assert {norm_name(n) for n in names} == {key}
+    assert get_norm_layer("gn") is group_norm and get_norm_layer(None) is torch.nn.BatchNorm2d
+    assert get_norm_layer("frozen") is FrozenBatchNorm2d
+    assert get_head_norm(None) is None and get_head_norm("none") is None
+    assert get_head_norm("sync_bn") is torch.nn.SyncBatchNorm
+    with pytest.raises(ConfigError, match="heads are trained from scratch"):
+        get_head_norm("frozenbn")
+    # One message, listing the valid names, wherever a norm name is read.
+    for call in (lambda: get_norm_layer("layernorm"), lambda: get_head_norm("layernorm"),
+                 lambda: convert_norm(torch.nn.BatchNorm2d(4), "layernorm"),
+                 lambda: splitattn.create_model("resnest14d", norm_layer="layernorm"),
+                 lambda: create_segmentation_model("deeplabv3", "resnest14d", 3, norm="layernorm"),
+                 lambda: create_detection_model("faster_rcnn_fpn", "resnest14d", num_classes=3,
+                                                fpn_norm="layernorm")):
+        with pytest.raises(ConfigError, match=r"unknown norm 'layernorm'; choose one of batchnorm, syncbn, "
+                                              r"frozenbn, groupnorm"):
+            call()
+
+    torch.manual_seed(0)
+    bn = _randomise_bn_stats(torch.nn.Sequential(torch.nn.BatchNorm2d(64))).eval()[0]
+    x = torch.randn(2, 64, 3, 3)
+    frozen = convert_norm(bn, "frozen")
+    assert type(frozen) is FrozenBatchNorm2d
+    torch.testing.assert_close(frozen(x), bn(x))
+    sync = convert_norm(bn, "syncbn")  # SyncBatchNorm needs a process group to run: compare its state
+    assert type(sync) is torch.nn.SyncBatchNorm and not sync.training
+    assert all(torch.equal(a, b) for a, b in zip(sync.state_dict().values(), bn.state_dict().values()))
+    gn = convert_norm(bn, "gn")
+    assert (gn.num_groups, gn.num_channels) == (32, 64) and torch.equal(gn.weight, bn.weight)
+    assert convert_norm(bn, "batchnorm") is bn
+    # The split-attention pooled vector gets one group; the rest of the block the usual groups.
+    block = splitattn.create_model("resnest14d").layer1[0]
+    convert_norm(block, "groupnorm")
+    assert block.conv2.bn1.num_groups == 1 and block.conv2.bn0.num_groups == 32 and block.bn1.num_groups == 32
+
+
+def test_dense_model_argument_errors():
+    with pytest.raises(ConfigError, match="num_classes counts the background class and must be >= 2, got 1"):
+        create_detection_model("faster_rcnn_fpn", "resnest14d", num_classes=1)
+    with pytest.raises(ConfigError, match="num_classes must be >= 2, got 1"):
+        create_segmentation_model("deeplabv3", "resnest14d", num_classes=1)
+    with pytest.raises(ConfigError, match=r"unknown detection model 'yolo'; choose one of \('faster_rcnn"):
+        create_detection_model("yolo", "resnest14d", num_classes=3)
+    with pytest.raises(ConfigError, match="unknown box_head '3fc'"):
+        create_detection_model("faster_rcnn_fpn", "resnest14d", num_classes=3, box_head="3fc")
+    with pytest.raises(ConfigError, match=r"out_features must be a non-empty subset .* got \('res6',\)"):
+        build_resnest_backbone("resnest14d", out_features=("res6",))
+    with pytest.raises(ConfigError, match="freeze_at must be an integer within 0..5"):
+        create_segmentation_model("deeplabv3", "resnest14d", num_classes=3, freeze_at=-1)
+    with pytest.raises(ConfigError, match=r"backbone_kwargs may not set \['output_stride'\]"):
+        create_segmentation_model("deeplabv3", "resnest14d", 3, backbone_kwargs={"output_stride": 16})
+    with pytest.raises(ConfigError, match="not norm_layer"):
+        build_resnest_backbone("resnest14d", norm_layer="groupnorm")
+    with pytest.raises(ConfigError, match="cascade_weights"):
+        create_detection_model("cascade_rcnn_fpn", "resnest14d", num_classes=3, backbone_norm="groupnorm",
+                               cascade_ious=(0.5, 0.6), **SMALL)
+    with pytest.raises(ConfigError, match="at least one of res2..res5"):
+        ResNeStFPN(ResNeStBackbone(splitattn.create_model("resnest14d"), out_features=("stem",)))
+    with pytest.raises(InputError, match=r"target must be an integer \(B, H, W\) class map .*\(2, 3, 8, 8\)"):
+        segmentation_loss({"out": torch.zeros(2, 3, 8, 8)}, torch.zeros(2, 8, 8))
+    losses = segmentation_loss({"out": torch.zeros(2, 3, 8, 8), "aux": torch.zeros(2, 3, 8, 8)},
+                               torch.zeros(2, 8, 8, dtype=torch.long))
+    torch.testing.assert_close(losses["loss_seg"], torch.log(torch.tensor(3.0)))
+    torch.testing.assert_close(losses["loss_aux"], 0.4 * torch.log(torch.tensor(3.0)))
