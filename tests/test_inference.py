@@ -10,8 +10,17 @@ import torch
 from torch import nn
 
 import splitattn
-from splitattn.inference import fold_batchnorms, fuse_activations, fuse_conv_bn, optimize_for_inference
-from splitattn.layers import FusedConv2d
+from splitattn.errors import InputError
+from splitattn.inference import (
+    EvalOnlyError,
+    FusedBottleneck,
+    FusedStage,
+    fold_batchnorms,
+    fuse_activations,
+    fuse_conv_bn,
+    optimize_for_inference,
+)
+from splitattn.layers import FrozenBatchNorm2d, FusedConv2d
 from splitattn.layers.fused_conv import onednn_fast_path_available
 
 
@@ -33,8 +42,7 @@ def _randomise_norms(model: nn.Module) -> nn.Module:
 
 
 def _norm_count(model: nn.Module) -> int:
-    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) or "BatchNorm" in type(m).__name__
-               for m in model.modules())
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm | FrozenBatchNorm2d) for m in model.modules())
 
 
 # The 200/269-layer models dominate this file's runtime: marked slow (deselect with -m "not slow").
@@ -70,14 +78,18 @@ def test_eval_only_and_scriptable() -> None:
     torch.manual_seed(0)
     model = _randomise_norms(splitattn.create_model("resnest14d", num_classes=10)).eval()
     opt = optimize_for_inference(model)
-    with pytest.raises(RuntimeError, match="eval-only"):
-        opt.train()
-    opt.eval()  # allowed
-    assert not any(p.requires_grad for p in opt.parameters())
     x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = opt(x)
+    with pytest.raises(EvalOnlyError, match="eval-only; train the original model instead"):
+        opt.train()
+    assert opt.eval() is opt  # eval() is allowed and undoes what the failed train() had switched
+    assert not any(m.training for m in opt.modules())
+    assert not any(p.requires_grad for p in opt.parameters())
     scripted = torch.jit.script(opt)
     with torch.no_grad():
-        torch.testing.assert_close(scripted(x), opt(x))
+        assert torch.equal(opt(x), before)
+        torch.testing.assert_close(scripted(x), before)
 
 
 def test_frozen_bn_folds_and_groupnorm_stays() -> None:
@@ -115,7 +127,7 @@ def test_fuse_conv_bn_grouped_with_bias() -> None:
     x = torch.randn(2, 8, 11, 9)
     with torch.no_grad():
         torch.testing.assert_close(fuse_conv_bn(conv, bn)(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
-    with pytest.raises(RuntimeError, match="eval-mode"):
+    with pytest.raises(InputError, match="eval-mode"):
         fold_batchnorms(nn.Sequential(conv, bn).train())
 
 
@@ -163,11 +175,11 @@ def test_fused_conv_equals_conv_add_relu(cfg: dict, channels_last: bool) -> None
         assert relu.weight is conv.weight  # shares the parameters: same state dict
         torch.testing.assert_close(plain(x), ref, rtol=0, atol=1e-5)
         torch.testing.assert_close(relu(x), torch.relu(ref), rtol=0, atol=1e-5)
-        torch.testing.assert_close(relu(x, res), torch.relu(ref + res), rtol=0, atol=1e-5)
-        assert torch.equal(res, res.clone())
         res_before = res.clone()
+        torch.testing.assert_close(relu(x, res), torch.relu(ref + res_before), rtol=0, atol=1e-5)
         out = relu(x, res, reuse_residual=False)
         assert torch.equal(res, res_before), "without reuse_residual the residual must stay untouched"
+        assert out.data_ptr() != res.data_ptr()
         out = relu(x, res, reuse_residual=True)
         torch.testing.assert_close(out, torch.relu(ref + res_before), rtol=0, atol=1e-5)
         if _FAST:
@@ -176,9 +188,12 @@ def test_fused_conv_equals_conv_add_relu(cfg: dict, channels_last: bool) -> None
         with torch.backends.mkldnn.flags(enabled=False):
             torch.testing.assert_close(relu(x, res_before), torch.relu(ref + res_before), rtol=0, atol=1e-5)
     # With autograd the fused conv is the ordinary differentiable sequence.
-    y = relu(x.requires_grad_(), res_before)
-    y.sum().backward()
-    assert conv.weight.grad is not None and x.grad is not None
+    x.requires_grad_()
+    torch.relu(conv(x) + res_before).square().sum().backward()
+    want = (conv.weight.grad.clone(), x.grad.clone())
+    conv.weight.grad = x.grad = None
+    relu(x, res_before).square().sum().backward()
+    torch.testing.assert_close((conv.weight.grad, x.grad), want, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_conv_cache_follows_weights_and_copies() -> None:
@@ -197,7 +212,7 @@ def test_fused_conv_cache_follows_weights_and_copies() -> None:
         for c in (clone, restored):
             assert c._packed == {}
             torch.testing.assert_close(c(x), before * 2, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="activation"):
+    with pytest.raises(InputError, match="activation"):
         FusedConv2d(4, 4, 1, activation="gelu")
 
 
@@ -220,6 +235,7 @@ def test_fused_model_does_not_overwrite_what_a_hook_holds() -> None:
     model = _randomise_norms(splitattn.create_model("resnest14d", num_classes=10)).eval()
     opt = optimize_for_inference(model)
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    x_before = x.clone()
     got, want = {}, {}
     with torch.no_grad():
         for net, store in ((model, want), (opt, got)):
@@ -239,7 +255,35 @@ def test_fused_model_does_not_overwrite_what_a_hook_holds() -> None:
         torch.testing.assert_close(got["ds"], want["ds"], rtol=0, atol=1e-5)
         # Without hooks the same model reuses buffers and still gives the same logits.
         torch.testing.assert_close(opt(x), model(x), rtol=0, atol=1e-4)
-        assert torch.equal(x, x.clone())
+        assert torch.equal(x, x_before), "the model input must never be overwritten"
+
+
+def test_fused_block_writes_over_its_shortcut_only_when_allowed() -> None:
+    """A block reuses its input's buffer for the output only when the stage says nothing else holds it."""
+    torch.manual_seed(0)
+    model = splitattn.create_model("resnest14d", num_classes=10, layers=(2, 1, 1, 1))
+    model = _randomise_norms(model).eval()
+    opt = optimize_for_inference(model)
+    assert isinstance(opt.layer1, FusedStage) and all(isinstance(b, FusedBottleneck) for b in opt.layer1)
+    assert opt.layer1[0].fresh_shortcut and not opt.layer1[1].fresh_shortcut  # downsample / identity
+    x = torch.randn(2, 256, 16, 16).contiguous(memory_format=torch.channels_last)
+    x_before = x.clone()
+    with torch.no_grad():
+        want = model.layer1[1](x_before.clone())
+        block = opt.layer1[1]
+        for may_reuse, input_is_private in ((False, True), (True, False)):
+            out = block(x, may_reuse, input_is_private)
+            torch.testing.assert_close(out, want, rtol=0, atol=1e-4)
+            assert torch.equal(x, x_before) and out.data_ptr() != x.data_ptr()
+        out = block(x, True, True)
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-4)
+        if _FAST:
+            assert out.data_ptr() == x.data_ptr() and not torch.equal(x, x_before), "x should be reused"
+        # A stage never writes over its own input (only over what its blocks produced).
+        x = x_before[:, :64].clone()
+        stage_in = x.clone()
+        torch.testing.assert_close(opt.layer1(x), model.layer1(stage_in), rtol=0, atol=1e-4)
+        assert torch.equal(x, stage_in)
 
 
 def test_fused_conv_falls_back_when_onednn_refuses(monkeypatch: pytest.MonkeyPatch) -> None:

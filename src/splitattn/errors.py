@@ -45,8 +45,21 @@ class TrainingDivergedError(SplitAttnError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
+class EvalOnlyError(SplitAttnError, RuntimeError):
+    """``.train()`` was called on a model whose BatchNorms were folded by ``optimize_for_inference``."""
+
+
 class MissingDependencyError(SplitAttnError, ImportError):
     """An optional package needed by the requested feature is not installed."""
+
+
+def worker_error(e: SplitAttnError) -> SplitAttnError:
+    """``e`` with a one-line message again when a DataLoader worker re-raised it (adding a traceback)."""
+    text = str(e).strip()
+    if "Original Traceback" not in text:
+        return e
+    last = text.splitlines()[-1]
+    return type(e)(last.split(": ", 1)[1] if ": " in last else last)
 
 
 def require(module: str, extra: str, feature: str) -> object:
@@ -74,6 +87,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "EvalOnlyError",
     "InputError",
     "MissingDependencyError",
     "MissingFileError",
@@ -81,4 +95,5 @@ __all__ = [
     "TrainingDivergedError",
     "WeightsError",
     "require",
+    "worker_error",
 ]

@@ -8,33 +8,63 @@ so after a convolution it can be absorbed into the conv's weight and bias:
 (a grouped conv scales its output channels the same way). :func:`optimize_for_inference` does this for
 the deep stem and its trailing ``bn1``, the bottleneck's ``conv1/bn1``, ``conv3/bn3`` (and ``conv2/bn2``
 of the radix-0 baseline), the shortcut's ``downsample`` conv and BN, and inside every Split-Attention
-conv ``conv/bn0`` and ``fc1/bn1``. The BN modules become ``nn.Identity``, the model goes to channels_last,
-and it is eval-only: ``.train()`` raises. ``nn.BatchNorm2d``, ``nn.SyncBatchNorm`` and torchvision's
-``FrozenBatchNorm2d`` fold; ``GroupNorm`` normalises with statistics of the current input and cannot fold,
-so it is left in place.
+conv ``conv/bn0`` and ``fc1/bn1``. Each folded BN becomes a :class:`FoldedBatchNorm` placeholder, the model
+goes to channels_last, and it is eval-only: ``.train()`` raises. ``nn.BatchNorm2d``, ``nn.SyncBatchNorm``
+and torchvision's ``FrozenBatchNorm2d`` fold; ``GroupNorm`` normalises with statistics of the current input
+and cannot fold, so it is left in place.
 
 :func:`fuse_activations` then turns every folded conv that is followed by a ReLU, and each block's last
 conv with the residual add and ReLU after it, into a :class:`~splitattn.layers.FusedConv2d`: on CPU in fp32
 these run as single prepacked oneDNN convolutions with post-ops; everywhere else they are the same ATen ops
-as before.
+as before. Those blocks become :class:`FusedBottleneck` and their stages :class:`FusedStage`.
+
+Every class in the result is an ordinary module-level class, so the result deep-copies, pickles
+(``torch.save``) and loads a state dict like any model, with the original's state dict keys.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Self
 
 import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .errors import EvalOnlyError, InputError
 from .layers.drop import DropBlock2d
 from .layers.fused_conv import FusedConv2d
 from .layers.split_attn import SplitAttn
 from .models.resnest import ResNeStBottleneck
 
 __all__ = [
+    "EVAL_ONLY_MESSAGE", "EvalOnlyError", "FoldedBatchNorm", "FusedBottleneck", "FusedStage",
     "fold_batchnorms", "fuse_activations", "fuse_conv_bn", "is_foldable_norm", "optimize_for_inference",
 ]
+
+EVAL_ONLY_MESSAGE = (
+    "this model was built by splitattn.optimize_for_inference: its BatchNorms are folded into the convs, "
+    "so it is eval-only; train the original model instead"
+)
+
+
+class _EvalOnly:
+    """Mixin of the modules that folding leaves: ``train(True)`` raises :class:`EvalOnlyError`.
+
+    ``nn.Module.train`` recurses into the children, so ``.train()`` on any model (or part of one) that
+    contains such a module raises; the modules visited before it are then in training mode until ``.eval()``.
+    """
+
+    def train(self, mode: bool = True) -> Self:
+        if mode:
+            raise EvalOnlyError(EVAL_ONLY_MESSAGE)
+        return super().train(mode)
+
+
+class FoldedBatchNorm(_EvalOnly, nn.Identity):
+    """The identity left where a BatchNorm was folded into the conv before it; marks the model eval-only."""
 
 
 def is_foldable_norm(m: nn.Module) -> bool:
@@ -64,11 +94,11 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
         The fused conv, on the device and dtype of ``conv.weight``.
     """
     if not is_foldable_norm(bn):
-        raise TypeError(f"cannot fold {type(bn).__name__} into a conv (only BatchNorm / FrozenBatchNorm2d)")
+        raise InputError(f"cannot fold {type(bn).__name__} into a conv (only BatchNorm / FrozenBatchNorm2d)")
     if isinstance(bn, nn.modules.batchnorm._BatchNorm) and not bn.track_running_stats:
-        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+        raise InputError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
     if bn.running_mean.numel() != conv.out_channels:
-        raise ValueError(f"BN over {bn.running_mean.numel()} channels after a conv with {conv.out_channels}")
+        raise InputError(f"BN over {bn.running_mean.numel()} channels after a conv with {conv.out_channels}")
     scale, shift = _bn_scale_shift(bn)
     fused = nn.Conv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
@@ -81,20 +111,29 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
     return fused
 
 
-def _fold_pair(parent: nn.Module, conv_name: str, bn_name: str) -> int:
-    """Fold ``parent.<bn_name>`` into ``parent.<conv_name>`` when both are of a foldable kind."""
-    conv, bn = parent._modules.get(conv_name), parent._modules.get(bn_name)
+def _fold(conv_parent: nn.Module, conv_name: str, bn_parent: nn.Module, bn_name: str) -> int:
+    """Fold ``bn_parent.<bn_name>`` into ``conv_parent.<conv_name>`` when both are of a foldable kind."""
+    conv, bn = conv_parent._modules.get(conv_name), bn_parent._modules.get(bn_name)
     if not isinstance(conv, nn.Conv2d) or not is_foldable_norm(bn):
         return 0
-    parent._modules[conv_name] = fuse_conv_bn(conv, bn)
-    parent._modules[bn_name] = nn.Identity()
+    conv_parent._modules[conv_name] = fuse_conv_bn(conv, bn)
+    bn_parent._modules[bn_name] = FoldedBatchNorm()
     return 1
 
 
 def _fold_sequential(seq: nn.Sequential) -> int:
     """Fold every ``Conv2d`` directly followed by a foldable norm inside a Sequential."""
     names = list(seq._modules)
-    return sum(_fold_pair(seq, a, b) for a, b in zip(names, names[1:]))
+    return sum(_fold(seq, a, seq, b) for a, b in zip(names, names[1:]))
+
+
+def _stem_conv(m: nn.Module) -> tuple[nn.Module, str] | None:
+    """``(parent, name)`` of the conv right before ``m.bn1`` when ``m`` is a ResNeSt or a backbone of one:
+    ``m.conv1`` itself, or the last conv of the deep stem (the features_only wrapper reuses these names)."""
+    stem = m._modules.get("conv1") if hasattr(m, "layer1") else None
+    if isinstance(stem, nn.Sequential) and len(stem):
+        return stem, list(stem._modules)[-1]
+    return (m, "conv1") if isinstance(stem, nn.Conv2d) else None
 
 
 def fold_batchnorms(model: nn.Module) -> int:
@@ -109,42 +148,39 @@ def fold_batchnorms(model: nn.Module) -> int:
         4 in the shortcuts).
     """
     if model.training:
-        raise RuntimeError("fold_batchnorms needs an eval-mode model (call model.eval() first)")
+        raise InputError("fold_batchnorms needs an eval-mode model (call model.eval() first)")
     n = 0
     for m in list(model.modules()):
         if isinstance(m, nn.Sequential):
             n += _fold_sequential(m)
         elif isinstance(m, SplitAttn):
-            n += _fold_pair(m, "conv", "bn0") + _fold_pair(m, "fc1", "bn1")
+            n += _fold(m, "conv", m, "bn0") + _fold(m, "fc1", m, "bn1")
         elif isinstance(m, ResNeStBottleneck):
-            n += _fold_pair(m, "conv1", "bn1") + _fold_pair(m, "conv2", "bn2") + _fold_pair(m, "conv3", "bn3")
-        # The deep stem is a Sequential that ends in a conv; the model's ``bn1`` follows it. This holds
-        # for ResNeSt and for the features_only wrapper, which reuses the same ``conv1``/``bn1`` names.
-        stem = m._modules.get("conv1") if hasattr(m, "layer1") else None
-        if isinstance(stem, nn.Sequential) and isinstance(stem[-1], nn.Conv2d) and is_foldable_norm(
-            m._modules.get("bn1")
-        ):
-            stem[-1] = fuse_conv_bn(stem[-1], m.bn1)
-            m._modules["bn1"] = nn.Identity()
-            n += 1
-        elif isinstance(stem, nn.Conv2d):
-            n += _fold_pair(m, "conv1", "bn1")
+            n += sum(_fold(m, f"conv{i}", m, f"bn{i}") for i in (1, 2, 3))
+        stem = _stem_conv(m)
+        if stem is not None:
+            n += _fold(*stem, m, "bn1")
     return n
 
 
-# What may sit between a folded conv and its ReLU in an eval-only model: the folded BN's Identity and
-# DropBlock (the identity in eval mode).
+# What may sit between a folded conv and its ReLU in an eval-only model: the folded BN's placeholder, an
+# Identity and DropBlock (the identity in eval mode).
 _PASS_THROUGH = (nn.Identity, DropBlock2d)
 
 
-def _fuse_into(parent: nn.Module, conv_name: str, between: list[str], act_name: str) -> int:
-    """Fuse ``parent.<act_name>`` (a ReLU) into ``parent.<conv_name>`` if only pass-throughs separate them."""
-    conv, act = parent._modules.get(conv_name), parent._modules.get(act_name)
-    if type(conv) is not nn.Conv2d or not isinstance(act, nn.ReLU) or conv.padding_mode != "zeros":
+def _fuse(
+    conv_parent: nn.Module, conv_name: str, parent: nn.Module, between: list[str], act_name: str
+) -> int:
+    """Fuse ``parent.<act_name>`` (a ReLU) into ``conv_parent.<conv_name>`` if only pass-throughs
+    (``parent.<between>``) separate them."""
+    conv, act = conv_parent._modules.get(conv_name), parent._modules.get(act_name)
+    if type(conv) is not nn.Conv2d or not isinstance(act, nn.ReLU):
+        return 0
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return 0
     if not all(isinstance(parent._modules.get(n), _PASS_THROUGH) for n in between):
         return 0
-    parent._modules[conv_name] = FusedConv2d.from_conv(conv, activation="relu")
+    conv_parent._modules[conv_name] = FusedConv2d.from_conv(conv, activation="relu")
     parent._modules[act_name] = nn.Identity()
     return 1
 
@@ -156,12 +192,35 @@ def _fuse_sequential(seq: nn.Sequential) -> int:
         while j < len(names) and isinstance(seq._modules[names[j]], _PASS_THROUGH):
             j += 1
         if j < len(names):
-            n += _fuse_into(seq, name, names[i + 1 : j], names[j])
+            n += _fuse(seq, name, seq, names[i + 1 : j], names[j])
     return n
 
 
-class _FusedBottleneck(ResNeStBottleneck):
-    """Eval-only bottleneck whose ``conv3`` adds the shortcut and applies the ReLU itself."""
+class FusedBottleneck(_EvalOnly, ResNeStBottleneck):
+    """Eval-only bottleneck whose ``conv3`` (a :class:`FusedConv2d`) adds the shortcut and applies the ReLU.
+
+    Built by :func:`fuse_activations` from a folded :class:`ResNeStBottleneck`, whose submodules it takes
+    over under the same names (same state dict keys). ``bn3``, ``drop_block3`` and ``act3`` stay as
+    pass-throughs that ``forward`` no longer calls.
+
+    Shape:
+        ``(B, inplanes, H, W) -> (B, 4 * planes, H', W')``.
+    """
+
+    def __init__(self, block: ResNeStBottleneck) -> None:
+        if type(block.conv3) is not FusedConv2d:
+            raise InputError(
+                "FusedBottleneck needs a block whose conv3 is a FusedConv2d (built by fuse_activations)"
+            )
+        # Not ResNeStBottleneck.__init__: the block's (folded) submodules are taken over, not rebuilt.
+        nn.Module.__init__(self)
+        for name, child in block._modules.items():
+            self.add_module(name, child)
+        self.radix = block.radix
+        self.grad_checkpointing = False
+        # A downsample's output is a fresh tensor that only this block holds.
+        self.fresh_shortcut = not isinstance(self.downsample, nn.Identity)
+        self.eval()
 
     def forward(
         self, x: torch.Tensor, may_reuse: bool = False, input_is_private: bool = False
@@ -179,10 +238,20 @@ class _FusedBottleneck(ResNeStBottleneck):
         return self.conv3(out, shortcut, may_reuse and (input_is_private or self.fresh_shortcut))
 
 
-class _FusedStage(nn.Sequential):
-    """A stage of :class:`_FusedBottleneck`: when no hook is registered in it, a block may write its
+class FusedStage(_EvalOnly, nn.Sequential):
+    """A stage of :class:`FusedBottleneck`: when no hook is registered in it, a block may write its
     output over its shortcut: a downsample's output, or the block input that only the previous block
-    produced."""
+    produced.
+
+    Args:
+        blocks: the stage's blocks by name (``"0"``, ``"1"``...: the names of the stage it replaces).
+    """
+
+    def __init__(self, blocks: Mapping[str, FusedBottleneck]) -> None:
+        if not blocks or not all(isinstance(b, FusedBottleneck) for b in blocks.values()):
+            raise InputError("FusedStage needs one or more FusedBottleneck blocks")
+        super().__init__(OrderedDict(blocks))
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         no_hooks = False
@@ -201,12 +270,44 @@ class _FusedStage(nn.Sequential):
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
 
 
+def _fused_block(m: nn.Module) -> FusedBottleneck | None:
+    """``m`` as a :class:`FusedBottleneck` if it is a bottleneck whose residual add and ReLU fuse into
+    its conv3."""
+    if not isinstance(m, ResNeStBottleneck) or isinstance(m, FusedBottleneck):
+        return None
+    # The ReLU after the residual add fuses like any other; conv3 then takes the shortcut too.
+    return FusedBottleneck(m) if _fuse(m, "conv3", m, ["bn3", "drop_block3"], "act3") else None
+
+
+def _fused_stage(m: nn.Module) -> FusedStage | None:
+    if type(m) is nn.Sequential and len(m) and all(isinstance(b, FusedBottleneck) for b in m):
+        return FusedStage(m._modules)
+    return None
+
+
+def _replace_children(model: nn.Module, convert: Callable[[nn.Module], nn.Module | None]) -> int:
+    """Replace every submodule ``m`` of ``model`` (not ``model`` itself) for which ``convert(m)`` is not
+    None by that module; a module held by several parents is converted once. Returns the count."""
+    done: dict[int, nn.Module | None] = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if id(child) not in done:
+                done[id(child)] = convert(child)
+            if done[id(child)] is not None:
+                parent._modules[name] = done[id(child)]
+    return sum(new is not None for new in done.values())
+
+
 def fuse_activations(model: nn.Module) -> int:
     """Fuse, in place, each ReLU (and residual add) that follows a BN-folded conv into that conv.
 
     Turns the convs into :class:`~splitattn.layers.FusedConv2d` (same parameters and state dict), the
-    ReLUs into ``nn.Identity``, and bottlenecks whose last BN is folded into blocks whose ``conv3`` computes
-    ``relu(conv3(out) + shortcut)``. Convs still followed by a norm (GroupNorm) are left alone.
+    ReLUs into ``nn.Identity``, and bottlenecks whose last BN is folded into :class:`FusedBottleneck`
+    whose ``conv3`` computes ``relu(conv3(out) + shortcut)`` (a stage of those into a :class:`FusedStage`).
+    Convs still followed by a norm (GroupNorm) are left alone, and so is ``model`` itself when it is a
+    bottleneck (only its parent could swap it).
 
     Args:
         model: an eval-only model after :func:`fold_batchnorms`.
@@ -220,52 +321,17 @@ def fuse_activations(model: nn.Module) -> int:
         if isinstance(m, nn.Sequential):
             n += _fuse_sequential(m)
         elif isinstance(m, SplitAttn):
-            n += _fuse_into(m, "conv", ["bn0", "drop"], "act0") + _fuse_into(m, "fc1", ["bn1"], "act1")
+            n += _fuse(m, "conv", m, ["bn0", "drop"], "act0") + _fuse(m, "fc1", m, ["bn1"], "act1")
         elif isinstance(m, ResNeStBottleneck):
-            n += _fuse_into(m, "conv1", ["bn1", "drop_block1"], "act1")
-            n += _fuse_into(m, "conv2", ["bn2", "drop_block2"], "act2")
-            # The ReLU after the residual add fuses like any other; conv3 then takes the shortcut too.
-            if _fuse_into(m, "conv3", ["bn3", "drop_block3"], "act3"):
-                m.fresh_shortcut = not isinstance(m.downsample, nn.Identity)
-                m.__class__ = _FusedBottleneck
-                n += 1
-        stem = m._modules.get("conv1") if hasattr(m, "layer1") else None
-        if isinstance(stem, nn.Conv2d):
-            n += _fuse_into(m, "conv1", ["bn1"], "act1")
-        elif isinstance(stem, nn.Sequential) and isinstance(m._modules.get("bn1"), nn.Identity):
+            n += _fuse(m, "conv1", m, ["bn1", "drop_block1"], "act1")
+            n += _fuse(m, "conv2", m, ["bn2", "drop_block2"], "act2")
+        stem = _stem_conv(m)
+        if stem is not None:
             # The deep stem's last conv sits in the Sequential, its (folded) BN and ReLU in the model.
-            last = stem[-1]
-            if type(last) is nn.Conv2d and isinstance(m._modules.get("act1"), nn.ReLU):
-                stem[-1] = FusedConv2d.from_conv(last, activation="relu")
-                m.act1 = nn.Identity()
-                n += 1
-    for m in list(model.modules()):
-        if type(m) is nn.Sequential and len(m) and all(isinstance(b, _FusedBottleneck) for b in m):
-            m.__class__ = _FusedStage
+            n += _fuse(*stem, m, ["bn1"], "act1")
+    n += _replace_children(model, _fused_block)
+    _replace_children(model, _fused_stage)
     return n
-
-
-def _eval_only_train(self: nn.Module, mode: bool = True) -> nn.Module:
-    if mode:
-        raise RuntimeError(
-            "this model was built by splitattn.optimize_for_inference: its BatchNorms are folded into the "
-            "convs, so it is eval-only; train the original model instead"
-        )
-    return nn.Module.train(self, False)
-
-
-_EVAL_ONLY_CLASSES: dict[type, type] = {}
-
-
-def _make_eval_only(model: nn.Module) -> None:
-    cls = type(model)
-    if cls not in _EVAL_ONLY_CLASSES:
-        _EVAL_ONLY_CLASSES[cls] = type(
-            f"Inference{cls.__name__}", (cls,),
-            {"train": _eval_only_train, "__module__": cls.__module__, "__doc__": cls.__doc__},
-        )
-    model.__class__ = _EVAL_ONLY_CLASSES[cls]
-    model.eval_only = True
 
 
 def optimize_for_inference(
@@ -274,10 +340,13 @@ def optimize_for_inference(
     """An eval-only copy of ``model`` with every BatchNorm folded into its conv, in channels_last.
 
     Outputs equal the eval-mode original within float rounding (max abs difference ~1e-5 on logits
-    in fp32). The result is a module of the same class family with the same submodule names: the BNs and
-    fused ReLUs are ``nn.Identity``, the fused convs :class:`~splitattn.layers.FusedConv2d` (an ``nn.Conv2d``
-    with the same parameters), so ``torch.compile``, ``torch.jit.script``, autocast (AMP) and ONNX export
-    work on it as on the original; ``.train()`` raises.
+    in fp32). The result is a module of the same class with the same submodule names and state dict keys:
+    the BNs are :class:`FoldedBatchNorm`, the fused ReLUs ``nn.Identity``, the fused convs
+    :class:`~splitattn.layers.FusedConv2d` (an ``nn.Conv2d`` with the same parameters), the fused blocks
+    and stages :class:`FusedBottleneck` and :class:`FusedStage`. ``torch.compile``, ``torch.jit.script``,
+    autocast (AMP), ONNX export, ``copy.deepcopy`` and ``torch.save`` work on it as on the original.
+    ``.train()`` raises :class:`EvalOnlyError` (a model with no BatchNorm, GroupNorm everywhere, has
+    nothing folded: it is only converted to channels_last with ``requires_grad`` off, and may still train).
     A fused block may write its output into its shortcut's buffer (a downsample's output, or the block
     input inside a stage); it does so only while no forward hook is registered in that stage.
 
@@ -289,13 +358,14 @@ def optimize_for_inference(
         inplace: fold into ``model`` itself instead of a deep copy.
         fuse: also fuse the ReLUs and residual adds into the convs (:func:`fuse_activations`). On CPU in
             fp32 the fused convs run as prepacked oneDNN primitives: their reordered weights (one copy of the
-            conv weights per input shape, at most 4 shapes) are cached on first use.
+            conv weights per input shape, at most 4 shapes) are cached on first use; the cache is not part
+            of the state dict and is dropped by ``copy.deepcopy`` and pickling.
 
     Returns:
         The folded model in eval mode, on the device and dtype of ``model``.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"optimize_for_inference expects an nn.Module, got {type(model).__name__}")
+        raise InputError(f"optimize_for_inference expects an nn.Module, got {type(model).__name__}")
     out = model if inplace else copy.deepcopy(model)
     out.eval()
     fold_batchnorms(out)
@@ -305,6 +375,4 @@ def optimize_for_inference(
         out = out.to(memory_format=torch.channels_last)
     for p in out.parameters():
         p.requires_grad_(False)
-    if not getattr(out, "eval_only", False):
-        _make_eval_only(out)
     return out

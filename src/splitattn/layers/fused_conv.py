@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 __all__ = ["FusedConv2d", "onednn_fast_path_available"]
 
 _ACTIVATIONS = ("none", "relu")
@@ -29,13 +31,6 @@ def onednn_fast_path_available() -> bool:
         and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
         and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
     )
-
-
-def _autocast_on_cpu() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4 has no device argument
-        return torch.is_autocast_cpu_enabled()
 
 
 # Newer torch warns that is_fx_tracing() is also true under torch.export and offers is_fx_symbolic_tracing();
@@ -75,9 +70,9 @@ class FusedConv2d(nn.Conv2d):
     def __init__(self, *args, activation: str = "none", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+            raise InputError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
-            raise ValueError("FusedConv2d needs numeric zero padding (padding_mode='zeros')")
+            raise InputError("FusedConv2d needs numeric zero padding (padding_mode='zeros')")
         self.activation = activation
         self._packed: dict[tuple, torch.Tensor] = {}
 
@@ -135,7 +130,8 @@ class FusedConv2d(nn.Conv2d):
                 return False
         if not _ONEDNN or self.weight.dtype != torch.float32 or (grad and self.weight.requires_grad):
             return False
-        return torch.backends.mkldnn.enabled and not _autocast_on_cpu() and not _tracing_or_compiling()
+        autocast = torch.is_autocast_enabled("cpu")
+        return torch.backends.mkldnn.enabled and not autocast and not _tracing_or_compiling()
 
     @torch.jit.unused
     def _try_onednn(
