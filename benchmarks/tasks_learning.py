@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-from splitattn.tasks.config import parse_overrides, resolve_task_config
-from splitattn.tasks.synthetic import make_shapes_ade, make_shapes_coco
-from splitattn.tasks.train import train
+from splitattn.data.synthetic import make_shapes_ade, make_shapes_coco
+from splitattn.engine import load_config, parse_override, train
 
 
 def main() -> None:
@@ -49,8 +48,9 @@ def main() -> None:
             make_shapes_ade(root, "validation", args.val_images, args.size, seed=1)
         cfg_file, task = "configs/segmentation/shapes_deeplabv3_resnest14d.yaml", "segmentation"
         paths = {"data_root": str(root)}
-    overrides = {**paths, "output": f"runs/learning-{args.task}", **parse_overrides(args.overrides, task)}
-    cfg = resolve_task_config(task, cfg_file, overrides)
+    overrides = {**paths, "output": f"runs/learning-{args.task}",
+                 **dict(parse_override(text) for text in args.overrides)}
+    cfg = load_config(task, cfg_file, overrides)
     t0 = time.perf_counter()
     metrics = train(cfg)
     wall = time.perf_counter() - t0

@@ -10,23 +10,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from splitattn.benchmark import BenchConfig, expand_specs, parse_spec, run_benchmark, saved_activation_mb
 from splitattn.cli import main
-from splitattn.cli.bench import add_arguments, parse_spec, run_benchmark, saved_activation_mb
+from splitattn.cli.bench import add_arguments, config_from_args
+from splitattn.errors import InputError
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    return p.parse_args(list(argv))
+def _cfg(**kw: object) -> BenchConfig:
+    """A tiny CPU run: batch 2, 32 px, one warm-up step, one step per round."""
+    base: dict[str, object] = dict(device="cpu", batch_size=2, img_size=32, rounds=2, steps=1, warmup=1)
+    return BenchConfig(**{**base, **kw})  # type: ignore[arg-type]
 
 
 def test_rows_ratios_and_timm_columns() -> None:
     # Small stand-ins for the reference rows keep the test cheap; the harness is the same.
-    args = _args("--device", "cpu", "--models", "splitattn:resnest14d", "timm:resnest14d", "tv:resnet18",
-                 "--ref-resnest", "timm:resnest14d", "--ref-resnet", "tv:resnet18",
-                 "-b", "2", "--img-size", "32", "--rounds", "2", "--steps", "1", "--warmup", "1",
-                 "--optimized")
-    rows = run_benchmark(args, log=lambda _: None)
+    cfg = _cfg(models=["splitattn:resnest14d", "timm:resnest14d", "tv:resnet18"],
+               ref_resnest="timm:resnest14d", ref_resnet="tv:resnet18", optimized=True)
+    rows = run_benchmark(cfg, log=lambda _: None)
     by = {r["model"]: r for r in rows}
     assert set(by) == {"splitattn:resnest14d", "timm:resnest14d", "tv:resnet18",
                        "splitattn:resnest14d (BN folded only)", "splitattn:resnest14d (optimized)"}
@@ -68,11 +68,9 @@ def test_cli_writes_csv_and_json(tmp_path: Path) -> None:
 
 def test_per_row_layouts_in_one_run() -> None:
     """``@cl`` / ``@nchw`` put each model in its own layout within one run, paired against the reference."""
-    args = _args("--device", "cpu", "--models", "splitattn:resnest14d@cl", "timm:resnest14d@nchw",
-                 "--ref-resnest", "timm:resnest14d@nchw", "--ref-resnet", "timm:resnest14d@nchw",
-                 "--mode", "infer", "-b", "2", "--img-size", "32", "--rounds", "2", "--steps", "1",
-                 "--warmup", "1", "--optimized")
-    rows = {r["model"]: r for r in run_benchmark(args, log=lambda _: None)}
+    cfg = _cfg(models=["splitattn:resnest14d@cl", "timm:resnest14d@nchw"], ref_resnest="timm:resnest14d@nchw",
+               ref_resnet="timm:resnest14d@nchw", mode="infer", optimized=True)
+    rows = {r["model"]: r for r in run_benchmark(cfg, log=lambda _: None)}
     assert set(rows) == {"splitattn:resnest14d@cl", "timm:resnest14d@nchw",
                          "splitattn:resnest14d@cl (BN folded only)", "splitattn:resnest14d@cl (optimized)"}
     assert rows["splitattn:resnest14d@cl (optimized)"]["channels_last"] is True
@@ -80,16 +78,15 @@ def test_per_row_layouts_in_one_run() -> None:
     assert rows["timm:resnest14d@nchw"]["infer_vs_timm_resnest50d"] == 1.0
     assert rows["splitattn:resnest14d@cl"]["infer_vs_timm_resnest50d"] > 0
     assert parse_spec("splitattn:resnest50+opt@nchw") == ("splitattn:resnest50", "opt", "nchw")
-    with pytest.raises(ValueError, match="bad model spec"):
+    with pytest.raises(InputError, match="bad model spec"):
         parse_spec("timm:resnest50d@nhwc")
 
 
 def test_checkpointing_rows_train_only_and_save_less() -> None:
-    args = _args("--device", "cpu", "--models", "splitattn:resnest14d", "splitattn:resnest14d+ckpt-attn",
-                 "splitattn:resnest14d+ckpt", "timm:resnest14d+ckpt", "--ref-resnest", "timm:resnest14d+ckpt",
-                 "-b", "2", "--img-size", "32", "--rounds", "1", "--steps", "1", "--warmup", "0",
-                 "--optimized")
-    out = run_benchmark(args, log=lambda _: None)
+    cfg = _cfg(models=["splitattn:resnest14d", "splitattn:resnest14d+ckpt-attn", "splitattn:resnest14d+ckpt",
+                       "timm:resnest14d+ckpt"], ref_resnest="timm:resnest14d+ckpt", rounds=1, warmup=0,
+               optimized=True)
+    out = run_benchmark(cfg, log=lambda _: None)
     rows = {r["model"]: r for r in out}
     assert len(out) == len(rows) == 6  # --optimized adds fold/opt once, for the plain row only
     plain, attn = rows["splitattn:resnest14d"], rows["splitattn:resnest14d (attention recompute)"]
@@ -100,5 +97,22 @@ def test_checkpointing_rows_train_only_and_save_less() -> None:
     assert block["train_saved_activations_mb"] == rows["timm:resnest14d (grad checkpointing)"][
         "train_saved_activations_mb"]
     for bad in ("tv:resnet50+ckpt", "timm:resnest50d+ckpt-attn", "official:resnest50+opt"):
-        with pytest.raises(ValueError, match="applies to"):
+        with pytest.raises(InputError, match="applies to"):
             parse_spec(bad)
+
+
+def test_cli_flags_fill_every_config_field() -> None:
+    """Each BenchConfig field has its flag, and the parsed values land in the config unchanged."""
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = config_from_args(p.parse_args(["--models", "tv:resnet18", "--mode", "train", "--device", "cpu",
+                                         "-b", "3", "--amp", "bf16", "--channels-last", "--optimized",
+                                         "--threads", "1", "--rounds", "4"]))
+    assert cfg == BenchConfig(models=["tv:resnet18"], mode="train", device="cpu", batch_size=3, amp="bf16",
+                              channels_last=True, optimized=True, threads=1, rounds=4)
+    assert expand_specs(BenchConfig(models=["splitattn:resnest14d@cl", "tv:resnet18"], optimized=True,
+                                    onnx=True)) == [
+        "splitattn:resnest14d@cl", "tv:resnet18", "splitattn:resnest14d+fold@cl",
+        "splitattn:resnest14d+opt@cl", "onnx:resnest14d"]
+    with pytest.raises(InputError, match="mode must be"):
+        run_benchmark(BenchConfig(models=["tv:resnet18"], mode="eval", device="cpu"))

@@ -33,11 +33,20 @@ def test_python_dash_m_help() -> None:
     assert e.value.code == 0
 
 
-def test_packaged_demo_recipe_is_the_repo_one() -> None:
-    """The demo recipe ships inside the package (for installed use); it must not drift from configs/."""
-    from pathlib import Path
+def test_packaged_demo_recipe_loads() -> None:
+    from splitattn.engine import load_config
+    from splitattn.engine.demo import demo_config_path
 
-    from splitattn.cli.demo import demo_config_path
+    cfg = load_config(None, demo_config_path())
+    assert (cfg.model, cfg.img_size, cfg.epochs, cfg.model_kwargs) == (
+        "resnest14d", 32, 8, {"stem_width": 8, "base_width": 8})
 
-    repo = Path(__file__).resolve().parents[1] / "configs" / "demo_digits.yaml"
-    assert demo_config_path().read_text() == repo.read_text()
+
+def test_zoo_rows_without_measuring() -> None:
+    from splitattn.errors import InputError
+    from splitattn.zoo import zoo_rows
+
+    (row,) = zoo_rows("resnest14d", measure=False)
+    assert row["model"] == "resnest14d" and "params" not in row and row["crop"] == 224
+    with pytest.raises(InputError, match="no model matches 'nothing\\*'"):
+        zoo_rows("nothing*")

@@ -1,4 +1,10 @@
-"""``splitattn`` command line: each sub-command lives in its own module with a ``register(subparsers)``."""
+"""``splitattn`` command line: each sub-command lives in its own module with a ``register(subparsers)``.
+
+The commands only parse arguments and call library (or engine) functions. Errors of the project
+(:class:`splitattn.errors.SplitAttnError`: bad file, key, shape, config value) are printed as one line
+and exit with 2; anything else is a bug and keeps its traceback (exit 1); ``-v`` shows the traceback of
+every error.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 # Sub-command modules, in the order `splitattn --help` lists them.
 COMMAND_MODULES = [
@@ -16,7 +23,7 @@ COMMAND_MODULES = [
     "predict",
     "plot",
     "export_weights",
-    "tasks",
+    "detect_segment",
     "bench",
     "export",
 ]
@@ -37,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="splitattn", description="ResNeSt (Split-Attention Networks): models, training, benchmarks."
     )
     parser.add_argument("--version", action="version", version=f"splitattn {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)
@@ -45,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..errors import SplitAttnError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -54,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        # User errors (bad file, bad shape, bad key) get one clear line, not a traceback.
+    except SplitAttnError as e:
+        if args.verbose:
+            traceback.print_exc()
         print(f"splitattn {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -8,15 +8,14 @@ import json
 _TASK = {"detect": "detection", "segment": "segmentation"}
 
 
-def _config(args: argparse.Namespace) -> dict:
-    from ..tasks.config import parse_overrides, resolve_task_config
+def _config(args: argparse.Namespace):
+    from ..engine import load_config, parse_override
 
-    task = _TASK[args.command]
-    overrides = parse_overrides(args.overrides, task)
+    overrides = dict(parse_override(text) for text in args.overrides)
     for key in ("output", "resume", "device", "amp", "max_iter", "batch_size"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
-    return resolve_task_config(task, args.config, overrides)
+    return load_config(_TASK[args.command], args.config, overrides)
 
 
 def _print(metrics: dict, title: str) -> None:
@@ -30,7 +29,7 @@ def _print(metrics: dict, title: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..tasks.train import train
+    from ..engine import train
 
     metrics = train(_config(args))
     if metrics:
@@ -39,7 +38,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..tasks.train import evaluate_checkpoint
+    from ..engine import evaluate_checkpoint
 
     _print(evaluate_checkpoint(_config(args), args.checkpoint), f"evaluation of {args.checkpoint}")
     return 0

@@ -7,37 +7,14 @@ import json
 import sys
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
+from ..zoo import zoo_rows
 from . import make_console
 
 
-def zoo_rows(pattern: str = "*", measure: bool = True) -> list[dict[str, Any]]:
-    """One dict per model: params and GMACs measured on a freshly built model, the rest from its config."""
-    from .. import create_model, get_model_cfg, list_models
-    from ..flops import count_macs, count_params
+def render_table(rows: list[dict[str, Any]], console: Any = None) -> None:
+    """Print :func:`~splitattn.zoo.zoo_rows` as a rich table (measured figures where present)."""
+    from rich.table import Table
 
-    rows = []
-    names = list_models(pattern)
-    if not names:
-        raise ValueError(f"no model matches {pattern!r}; `splitattn info` lists them all")
-    for name in names:
-        cfg = get_model_cfg(name)
-        row: dict[str, Any] = dict(
-            model=name, aliases=list(cfg.aliases), crop=cfg.crop_size, crop_pct=cfg.crop_pct,
-            interpolation=cfg.interpolation, paper_top1=cfg.top1, weights=cfg.file_name, url=cfg.url,
-            params_table=cfg.params, gmacs_table=cfg.gmacs,
-        )
-        if measure:
-            model = create_model(name)
-            row["params"] = count_params(model)
-            row["gmacs"] = round(count_macs(model, cfg.input_size) / 1e9, 3)
-        rows.append(row)
-    return rows
-
-
-def render_table(rows: list[dict[str, Any]], console: Console | None = None) -> None:
     console = console or make_console()
     table = Table(title="splitattn model zoo (params and GMACs measured now, batch 1; multiply-add = 1)")
     for col, just in [("model", "left"), ("timm name", "left"), ("params", "right"), ("GMACs", "right"),

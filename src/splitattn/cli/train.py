@@ -46,11 +46,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.config import resolve_config
-    from ..engine.trainer import train
+    from ..engine import load_config, train
 
-    cfg = resolve_config(args.config, overrides_from_args(args))
-    train(cfg)
+    train(load_config("classification", args.config, overrides_from_args(args)))
     return 0
 
 
