@@ -9,17 +9,11 @@ import time
 import pytest
 import torch
 
-from splitattn.engine import (
-    CheckpointError,
-    EpochProgress,
-    MetricsLogger,
-    find_latest_checkpoint,
-    load_checkpoint,
-    read_metrics,
-    save_checkpoint,
-)
 from splitattn.amp import autocast, make_grad_scaler
+from splitattn.checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from splitattn.engine import EpochProgress, MetricsLogger, read_metrics
 from splitattn.engine.rng import get_rng_state, set_rng_state
+from splitattn.errors import CheckpointError
 
 
 def test_save_load_roundtrip_with_rng_state(tmp_path):
@@ -106,13 +100,13 @@ def test_amp_modes():
 def test_shipped_recipes_resolve():
     from pathlib import Path
 
-    from splitattn.engine.config import resolve_config
+    from splitattn.engine import load_config
 
     root = Path(__file__).resolve().parents[1] / "configs"
     crops = {"resnest50": 224, "resnest101": 256, "resnest200": 320, "resnest269": 416}
     for name, crop in crops.items():
-        cfg = resolve_config(root / f"{name}.yaml")
-        assert (cfg["model"], cfg["img_size"], cfg["epochs"], cfg["mixup_alpha"]) == (name, crop, 270, 0.2)
-        assert cfg["drop_rate"] == (0.2 if name in ("resnest200", "resnest269") else 0.0)
-    fast = resolve_config(root / "resnest50_fast_2s2x40d.yaml")
-    assert fast["model"] == "resnest50_fast_2s2x40d" and fast["label_smoothing"] == 0.1
+        cfg = load_config(None, root / f"{name}.yaml")
+        assert (cfg.model, cfg.img_size, cfg.epochs, cfg.mixup_alpha) == (name, crop, 270, 0.2)
+        assert cfg.drop_rate == (0.2 if name in ("resnest200", "resnest269") else 0.0)
+    fast = load_config(None, root / "resnest50_fast_2s2x40d.yaml")
+    assert fast.model == "resnest50_fast_2s2x40d" and fast.label_smoothing == 0.1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -11,14 +12,18 @@ from torch import nn
 
 import splitattn
 from splitattn.data.augment import create_mixup
-from splitattn.engine.optim import (
-    WarmupCosineSchedule,
+from splitattn.engine.schedule import (
+    WarmupSchedule,
+    create_lr_scheduler,
     create_optimizer,
     drop_block_prob_at,
     param_groups_weight_decay,
-    warmup_cosine_lr,
 )
 from splitattn.layers import DropBlock2d
+
+
+def warmup_cosine_lr(step: int, peak: float, total: int, warm: int, min_lr: float = 0.0) -> float:
+    return peak * WarmupSchedule("cosine", total, warm, min_factor=min_lr / peak)(step)
 
 
 def test_warmup_is_linear_from_zero():
@@ -42,16 +47,39 @@ def test_cosine_after_warmup():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
-def test_schedule_sets_optimizer_lr_every_iteration_and_resumes():
+def test_multistep_and_poly_with_detectron2_warmup():
+    steps = WarmupSchedule("multistep", 100, warmup_steps=10, warmup_factor=0.001, milestones=[60, 80])
+    assert steps(0) == pytest.approx(0.001)
+    assert steps(5) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert [steps(i) for i in (10, 59, 60, 79, 80, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    poly = WarmupSchedule("poly", 100, power=0.9)
+    assert poly(0) == 1.0 and poly(50) == pytest.approx(0.5**0.9) and poly(100) == 0.0
+
+
+def test_scheduler_sets_optimizer_lr_every_iteration_and_resumes():
     p = nn.Parameter(torch.zeros(2, 2))
-    opt = torch.optim.SGD([p], lr=123.0)
-    sched = WarmupCosineSchedule(opt, peak_lr=0.4, total_steps=20, warmup_steps=4)
-    seen = [sched.step() for _ in range(6)]
+    opt = torch.optim.SGD([p], lr=0.4)
+    sched = create_lr_scheduler(opt, WarmupSchedule("cosine", total_steps=20, warmup_steps=4))
+    assert isinstance(sched, torch.optim.lr_scheduler.LambdaLR)
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
     assert seen == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, warmup_cosine_lr(5, 0.4, 20, 4)])
-    assert opt.param_groups[0]["lr"] == pytest.approx(seen[-1])
-    other = WarmupCosineSchedule(opt, peak_lr=0.4, total_steps=20, warmup_steps=4)
-    other.load_state_dict(sched.state_dict())
-    assert other.step() == pytest.approx(sched.step())
+    buf = io.BytesIO()
+    torch.save(sched.state_dict(), buf)  # plain numbers: loads with weights_only=True
+    buf.seek(0)
+    opt2 = torch.optim.SGD([nn.Parameter(torch.zeros(2, 2))], lr=0.4)
+    other = create_lr_scheduler(opt2, WarmupSchedule("cosine", total_steps=20, warmup_steps=4))
+    other.load_state_dict(torch.load(buf, weights_only=True))
+    opt2.load_state_dict(opt.state_dict())  # the LR in force is the optimizer's state, as on resume
+    assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
+    opt.step()
+    sched.step()
+    opt2.step()
+    other.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
 
 
 def test_weight_decay_skips_norm_and_bias():

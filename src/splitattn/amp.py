@@ -7,13 +7,15 @@ from collections.abc import Iterator
 
 import torch
 
+from .errors import ConfigError
+
 AMP_MODES = ("bf16", "fp16", "off")
 
 
 def _check(amp: str) -> str:
     amp = (amp or "off").lower()
     if amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+        raise ConfigError(f"amp must be one of {AMP_MODES}, got {amp!r}")
     return amp
 
 
@@ -29,7 +31,7 @@ def autocast(device: torch.device, amp: str) -> Iterator[None]:
         yield
         return
     if amp == "fp16" and device.type == "cpu":
-        raise ValueError("--amp fp16 needs a GPU; use --amp bf16 or --amp off on CPU")
+        raise ConfigError("--amp fp16 needs a GPU; use --amp bf16 or --amp off on CPU")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,10 +35,15 @@ class DistInfo:
 def _resolve_device(device: str | None, local_rank: int) -> torch.device:
     if device is None or device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r} is not supported for training; use cpu, cuda, cuda:N or auto")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was given but CUDA is not available; use --device cpu")
+            raise ConfigError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
         dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
     return dev
@@ -95,19 +102,5 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def barrier() -> None:
-    if is_dist():
-        dist.barrier()
-
-
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Send a picklable Python object from ``src`` to every rank (identity when single)."""
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_mean", "all_reduce_sum",
-           "barrier", "broadcast_object", "is_dist"]
+           "is_dist"]

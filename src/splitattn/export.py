@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .fileio import atomic_write
+
 log = logging.getLogger("splitattn")
 
 __all__ = ["export_onnx", "export_torchscript", "onnx_max_abs_diff", "torchscript_max_abs_diff"]
@@ -54,31 +56,32 @@ def export_onnx(
     Returns:
         The written path. Input name ``"input"``, output name ``"output"``, axis 0 named ``"batch"``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     x = _example_input(model, batch_size, image_size)
     common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
-    with torch.no_grad(), warnings.catch_warnings():
-        # The tracer warns about the Python input checks (shape comparisons) it records as constants.
-        warnings.simplefilter("ignore")
-        if not dynamo:
-            try:
-                torch.onnx.export(
-                    model, (x,), str(path), dynamo=False,
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **common,
-                )
-                return path
-            except (TypeError, RuntimeError) as e:  # legacy exporter removed from this torch
-                if dynamo is False:
-                    raise
-                log.info("TorchScript ONNX exporter unavailable (%s); using the dynamo exporter", e)
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        program = torch.onnx.export(
-            model, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False, **common
-        )
-        program.save(str(path))
-    return path
+
+    def write(tmp: str) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns about the Python input checks (shape comparisons) it records as constants.
+            warnings.simplefilter("ignore")
+            if not dynamo:
+                try:
+                    torch.onnx.export(
+                        model, (x,), tmp, dynamo=False,
+                        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **common,
+                    )
+                    return
+                except (TypeError, RuntimeError) as e:  # legacy exporter removed from this torch
+                    if dynamo is False:
+                        raise
+                    log.info("TorchScript ONNX exporter unavailable (%s); using the dynamo exporter", e)
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            program = torch.onnx.export(
+                model, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False, **common
+            )
+            program.save(tmp)
+
+    return atomic_write(path, write)
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -93,8 +96,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's deprecation notice
         scripted = torch.jit.script(model.eval())
-    scripted.save(str(path))
-    return path
+    return atomic_write(path, lambda tmp: scripted.save(tmp))
 
 
 def onnx_max_abs_diff(

@@ -11,9 +11,7 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,13 +22,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .errors import WeightsError
+from .fileio import atomic_write, safe_torch_load
+
 log = logging.getLogger("splitattn")
 
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be used, with a message naming the file and the problem."""
 
 
 def cache_dir() -> Path:
@@ -80,19 +77,6 @@ def download(url: str, hash_prefix: str | None = None, progress: bool = True) ->
     return dst
 
 
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise WeightsError(
-            f"{path} needs pickled code to load, which splitattn refuses to execute "
-            f"({str(e).splitlines()[0]}). "
-            "Re-save it as a plain state dict of tensors or as safetensors"
-        ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
-
-
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a state dict and its metadata from any supported file.
 
@@ -114,7 +98,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         except Exception as e:  # safetensors raises its own error types
             raise WeightsError(f"{path} is not a readable safetensors file: {e}") from e
     else:
-        obj = _torch_load(path)
+        obj = safe_torch_load(path, WeightsError, "weights file")
         if isinstance(obj, Mapping):
             for key in _WRAPPER_KEYS:
                 if key in obj and isinstance(obj[key], Mapping):
@@ -248,8 +232,6 @@ def save_weights(
     The metadata holds ``splitattn_cfg`` (the model's registry record as JSON) when the model has one,
     plus any string-convertible ``metadata`` given.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "pt", "producer": "splitattn"}
     cfg = getattr(model, "pretrained_cfg", None)
     if cfg is not None:
@@ -257,14 +239,4 @@ def save_weights(
     for k, v in (metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v, default=str)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))

@@ -1,23 +1,39 @@
-"""Training engine: checkpoints, distributed set-up, mixed precision, progress and metrics."""
+"""The training application: one :class:`Trainer` loop for every task, its config system and demo.
 
-from ..amp import autocast, make_grad_scaler
-from ..checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
-from ..distributed import DistInfo, all_reduce_mean, cleanup_distributed, init_distributed
-from ..errors import CheckpointError
-from .progress import EpochProgress, MetricsLogger, read_metrics
+The library (everything in ``splitattn`` outside ``engine`` and ``cli``) never imports this package.
+"""
+
+from ..plot import read_metrics
+from .config import (
+    ClassificationConfig,
+    DetectionConfig,
+    RunConfig,
+    SegmentationConfig,
+    load_config,
+    parse_override,
+    save_config,
+)
+from .progress import EpochProgress, MetricsLogger
+from .tasks import ClassificationTask, DetectionTask, SegmentationTask, Task, create_task
+from .trainer import Trainer, evaluate_checkpoint, train
 
 __all__ = [
-    "CheckpointError",
-    "DistInfo",
+    "ClassificationConfig",
+    "ClassificationTask",
+    "DetectionConfig",
+    "DetectionTask",
     "EpochProgress",
     "MetricsLogger",
-    "all_reduce_mean",
-    "autocast",
-    "cleanup_distributed",
-    "find_latest_checkpoint",
-    "init_distributed",
-    "load_checkpoint",
-    "make_grad_scaler",
+    "RunConfig",
+    "SegmentationConfig",
+    "SegmentationTask",
+    "Task",
+    "Trainer",
+    "create_task",
+    "evaluate_checkpoint",
+    "load_config",
+    "parse_override",
     "read_metrics",
-    "save_checkpoint",
+    "save_config",
+    "train",
 ]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger("splitattn")
 
 
 def _fmt(v: Any) -> str:
@@ -131,9 +134,11 @@ class MetricsLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                SummaryWriter = None  # noqa: N806
-            if SummaryWriter is not None:
+            except ImportError:  # tensorboard is an optional dependency
+                log.warning("tensorboard logging is on but the tensorboard package is not installed: "
+                            "pip install 'splitattn[tensorboard]', or set tensorboard=false; "
+                            "metrics go to %s only", self.path)
+            else:
                 self._tb = SummaryWriter(log_dir=str(self.path.parent / "tb"))
 
     def log(self, record: dict[str, Any], step: int | None = None) -> None:
@@ -156,21 +161,4 @@ class MetricsLogger:
             self._tb = None
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of ``run_dir/metrics.jsonl`` (a truncated last line from a kill is ignored)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; is {run_dir} a splitattn training run folder?")
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-__all__ = ["EpochProgress", "MetricsLogger", "read_metrics", "format_eta"]
+__all__ = ["EpochProgress", "MetricsLogger", "format_eta"]

@@ -65,9 +65,5 @@ class GlobalBatchSampler(Sampler[list[int]]):
             yield order[start:start + self.batch_size]
 
 
-def shard_indices(num_samples: int, world_size: int, rank: int) -> list[int]:
-    """Rank ``r``'s evaluation indices ``r, r + W, ...``: every sample once, no padding."""
-    return list(range(rank, num_samples, world_size))
 
-
-__all__ = ["GlobalBatchSampler", "shard_indices"]
+__all__ = ["GlobalBatchSampler"]

@@ -1,4 +1,12 @@
-"""The paper's ImageNet training recipe, for one process or many (``torchrun``), resumable at any step."""
+"""The one training loop: any :class:`~splitattn.engine.tasks.Task`, one process or many (``torchrun``),
+resumable at any step to the bit.
+
+The batch order is a function of (seed, epoch), each sample's augmentation of (seed, epoch, index)
+(:class:`~splitattn.data.SeededDataset`), and a checkpoint stores every other piece of state: model, EMA,
+optimizer, LR schedule, grad scaler, the RNG states of every process, the position in the data and the
+running sums of the epoch in progress. A run killed at any moment and resumed with ``resume="auto"``
+ends with the weights of an uninterrupted run.
+"""
 
 from __future__ import annotations
 
@@ -13,387 +21,346 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
-from .. import create_model
 from ..amp import autocast, make_grad_scaler
 from ..checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
-from ..data.augment import create_mixup, create_train_transform
-from ..data.datasets import (
-    BadImageError,
-    ImageFolderDataset,
-    check_same_classes,
-    collate_skip_bad,
-    resolve_split_dirs,
-    unwrap_worker_error,
-)
-from ..data.transforms import create_eval_transform
-from ..distributed import DistInfo, all_reduce_mean, all_reduce_sum, cleanup_distributed, init_distributed
-from ..models import set_drop_block_prob
-from .config import save_config
-from .evaluate import evaluate
-from .optim import WarmupCosineSchedule, create_optimizer, drop_block_prob_at
+from ..data.seeded import SeededDataset
+from ..distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_dist
+from ..errors import CheckpointError, ConfigError, SplitAttnError, TrainingDivergedError, worker_error
+from .config import RunConfig, save_config
 from .progress import EpochProgress, MetricsLogger
 from .rng import get_rng_state, seed_everything, set_rng_state
-from .sampler import GlobalBatchSampler, shard_indices
+from .sampler import GlobalBatchSampler
+from .schedule import create_lr_scheduler, create_optimizer
+from .tasks import Task, create_task
 
 log = logging.getLogger("splitattn.train")
-
-
-class TrainingDivergedError(ValueError):
-    """The loss became NaN or infinite."""
-
-
-def eval_model_cfg(cfg: dict[str, Any]):
-    """The model's :class:`ModelCfg` with this run's crop size, crop ratio, interpolation and mean/std."""
-    from ..models.registry import get_model_cfg
-
-    base = get_model_cfg(cfg["model"])
-    size = int(cfg["eval_img_size"] or cfg["img_size"])
-    return dataclasses.replace(
-        base, input_size=(3, size, size), crop_pct=float(cfg["crop_pct"] or base.crop_pct),
-        interpolation=cfg["interpolation"], mean=tuple(cfg["mean"] or base.mean),
-        std=tuple(cfg["std"] or base.std),
-    )
-
-
-def eval_cfg_dict(mcfg: Any) -> dict[str, Any]:
-    """The eval preprocessing of a :class:`ModelCfg` as a plain dict (stored in checkpoints)."""
-    return {"img_size": mcfg.crop_size, "crop_pct": mcfg.crop_pct, "interpolation": mcfg.interpolation,
-            "mean": list(mcfg.mean), "std": list(mcfg.std)}
-
-
-def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
-    """``create_model`` with the recipe's regularisation, norm layer and extra ``model_kwargs``."""
-    model = create_model(
-        cfg["model"], pretrained=cfg["pretrained"] or False, num_classes=num_classes,
-        drop_rate=cfg["drop_rate"], drop_block_rate=cfg["drop_block_rate"],
-        zero_init_last=cfg["zero_init_last"], norm_layer=cfg["norm_layer"], **cfg["model_kwargs"],
-    )
-    model.pretrained_cfg = eval_model_cfg(cfg)
-    return model
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)
-    return model.module if isinstance(model, DistributedDataParallel) else model
+CHECKPOINT_FORMAT = "splitattn-train-2"
 
 
 class Trainer:
     """Owns the model, data, optimizer and run folder of one training run; :meth:`fit` runs it.
 
     Args:
-        cfg: a resolved config (:func:`splitattn.engine.config.resolve_config`).
+        cfg: a config from :func:`splitattn.engine.config.load_config`.
         dist: the process layout (default: from the ``torchrun`` environment).
     """
 
-    def __init__(self, cfg: dict[str, Any], dist: DistInfo | None = None) -> None:
+    def __init__(self, cfg: RunConfig, dist: DistInfo | None = None) -> None:
+        if not cfg.output:
+            raise ConfigError("no run folder given; pass --output RUN_DIR")
         self.cfg = cfg
-        self.dist = dist or init_distributed(None if cfg["device"] == "auto" else cfg["device"])
-        if not cfg.get("output"):
-            raise ValueError("no run folder given; pass --output RUN_DIR")
-        self.run_dir = Path(cfg["output"])
+        self.task: Task = create_task(cfg)
+        self.dist = dist or init_distributed(cfg.device)
+        self.run_dir = Path(cfg.output)
         self.device = self.dist.device
-        amp = cfg["amp"]
-        self.amp = ("bf16" if self.device.type == "cuda" else "off") if amp == "auto" else amp
-        cl = cfg["channels_last"]
+        self.amp = ("bf16" if self.device.type == "cuda" else "off") if cfg.amp == "auto" else cfg.amp
+        cl = cfg.channels_last
         self.channels_last = self.device.type == "cuda" if cl == "auto" else bool(cl)
-        if cfg["deterministic"]:
+        if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        seed_everything(cfg["seed"] + self.dist.rank)
+        seed_everything(cfg.seed + self.dist.rank)
         self._build_data()
         self._build_model()
-        self.global_step, self.start_epoch, self.start_batch, self.best_top1 = 0, 0, 0, -1.0
-        self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=cfg["tensorboard"])
+        self.step, self.best, self.sums = 0, -math.inf, _new_sums()
+        self._clock = (time.perf_counter(), 0)  # (start, steps since): throughput of this process's steps
+        self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
 
-    # -- set-up ------------------------------------------------------------------------------------
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.dist
-        train_dir, val_dir = resolve_split_dirs(cfg["data"])
-        ecfg = eval_model_cfg(cfg)
-        train_tf = create_train_transform(
-            cfg["img_size"], cfg["rrc_scale"], cfg["rrc_ratio"], cfg["hflip"], cfg["auto_augment"],
-            cfg["color_jitter"], cfg["pca_lighting"], cfg["interpolation"], ecfg.mean, ecfg.std,
-        )
-        self.train_ds = ImageFolderDataset(train_dir, train_tf, skip_bad_images=cfg["skip_bad_images"],
-                                           seed=cfg["seed"], what="train")
-        self.val_ds = ImageFolderDataset(val_dir, create_eval_transform(ecfg),
-                                         skip_bad_images=cfg["skip_bad_images"], what="val")
-        check_same_classes(self.train_ds.classes, self.val_ds.classes, train_dir, val_dir)
-        self.classes = self.train_ds.classes
-        self.sampler = GlobalBatchSampler(len(self.train_ds), cfg["batch_size"], d.world_size, d.rank,
-                                          shuffle=True, seed=cfg["seed"])
+        train_ds, self.val_ds = self.task.build_datasets()
+        self.train_ds = SeededDataset(train_ds, cfg.seed)
+        per_proc = self.task.per_process_batch(d.world_size)
+        self.sampler = GlobalBatchSampler(len(train_ds), per_proc, d.world_size, d.rank, seed=cfg.seed)
         self.global_batch = self.sampler.global_batch
         self.steps_per_epoch = self.sampler.batches_per_epoch
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"{train_dir} has {len(self.train_ds)} images, fewer than one global batch "
-                f"({cfg['batch_size']} x {d.world_size} processes); lower --batch-size"
-            )
-        pin = self.device.type == "cuda"
-        # Own generators: creating a loader iterator must not draw from the global RNG, or a run resumed
-        # mid-epoch (one iterator fewer) would see shifted mixup/DropBlock random numbers.
-        self.train_loader = DataLoader(self.train_ds, batch_sampler=self.sampler, num_workers=cfg["workers"],
-                                       pin_memory=pin, collate_fn=collate_skip_bad,
+            raise ConfigError(f"the training set has {len(train_ds)} images, fewer than one global batch "
+                              f"({self.global_batch}); lower batch_size")
+        # Its own generator: creating a loader iterator must not draw from the global RNG, or a run resumed
+        # mid-epoch (one iterator fewer) would see shifted random numbers.
+        self.train_loader = DataLoader(self.train_ds, batch_sampler=self.sampler, num_workers=cfg.workers,
+                                       pin_memory=self.device.type == "cuda", collate_fn=self.task.collate,
                                        generator=torch.Generator())
-        val_part = Subset(self.val_ds, shard_indices(len(self.val_ds), d.world_size, d.rank))
-        self.val_loader = DataLoader(val_part, batch_size=cfg["batch_size"], shuffle=False,
-                                     num_workers=cfg["workers"], pin_memory=pin, collate_fn=collate_skip_bad,
-                                     generator=torch.Generator())
+        self.total_steps = self.task.total_steps(self.steps_per_epoch)
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
 
     def _build_model(self) -> None:
         cfg, d = self.cfg, self.dist
-        model = build_model(cfg, len(self.classes))
-        if cfg["grad_checkpointing"]:
-            model.set_grad_checkpointing(cfg["grad_checkpointing"])
-        if cfg["sync_bn"] and d.distributed:
+        model = self.task.build_model(self.train_ds.dataset)
+        if cfg.grad_checkpointing:
+            model.set_grad_checkpointing(cfg.grad_checkpointing)
+        if getattr(cfg, "sync_bn", False) and d.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.ema = None
-        if cfg["ema"]:
-            avg_fn = get_ema_multi_avg_fn(cfg["ema_decay"])
-            self.ema = AveragedModel(model, multi_avg_fn=avg_fn, use_buffers=True)
-        self.lr = float(cfg["lr"] or cfg["base_lr"] * self.global_batch / cfg["lr_base_batch"])
-        self.optimizer = create_optimizer(model, self.lr, cfg["momentum"], cfg["weight_decay"],
-                                          cfg["nesterov"])
-        self.total_steps = cfg["epochs"] * self.steps_per_epoch
-        self.schedule = WarmupCosineSchedule(self.optimizer, self.lr, self.total_steps,
-                                             cfg["warmup_epochs"] * self.steps_per_epoch, cfg["min_lr"])
+        if cfg.ema:
+            avg = get_ema_multi_avg_fn(cfg.ema_decay)
+            self.ema = AveragedModel(model, multi_avg_fn=avg, use_buffers=True)
+        self.lr = self.task.peak_lr(self.global_batch)
+        self.optimizer = create_optimizer(model, self.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+        schedule = self.task.schedule(self.steps_per_epoch, self.lr)
+        self.scheduler = create_lr_scheduler(self.optimizer, schedule)
         self.scaler = make_grad_scaler(self.device, self.amp)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
-        self.mixup = create_mixup(cfg["mixup_alpha"], len(self.classes))
-        train_model: nn.Module = model
+        net: nn.Module = model
         if d.distributed:
-            train_model = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg["compile"]:
-            train_model = torch.compile(train_model)
-        self.train_model = train_model
+            net = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=getattr(cfg, "find_unused_parameters", False))
+        self.net = torch.compile(net) if cfg.compile else net
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def state_dict(self, epoch: int, batch: int) -> dict[str, Any]:
-        """Everything needed to continue at ``(epoch, batch)``: plain containers, tensors and numbers."""
-        from .distributed import is_dist
-
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue after iteration ``self.step``: tensors, numbers, strings."""
         rng = get_rng_state()
         if is_dist():
-            gathered: list[Any] = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(gathered, rng)
-            rng_states = gathered
+            rngs: list[Any] = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(rngs, rng)
         else:
-            rng_states = [rng]
+            rngs = [rng]
+        cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
+        epoch, batch = divmod(self.step, self.steps_per_epoch)
         return {
-            "format": "splitattn-train-1",
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "model_ema": ({k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()}
-                          if self.ema is not None else None),
+            "format": CHECKPOINT_FORMAT, "task": self.task.name,
+            "model": cpu(self.model),
+            "model_ema": cpu(self.ema.module) if self.ema is not None else None,
             "ema_n_averaged": int(self.ema.n_averaged.item()) if self.ema is not None else 0,
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": epoch,
-            "batch": batch,
-            "step": self.global_step,
-            "best_top1": self.best_top1,
-            "rng": rng_states,
-            "world_size": self.dist.world_size,
-            "config": dict(self.cfg),
-            "classes": list(self.classes),
-            "model_name": self.cfg["model"],
-            "model_kwargs": dict(self.cfg["model_kwargs"]),
-            "eval_cfg": eval_cfg_dict(self.model.pretrained_cfg),
+            "step": self.step, "epoch": epoch, "batch": batch, "best": self.best,
+            "sums": dict(self.sums), "rng": rngs, "world_size": self.dist.world_size,
+            "config": dataclasses.asdict(self.cfg), **self.task.checkpoint_meta(),
         }
 
-    def save(self, epoch: int, batch: int, best: bool = False) -> None:
-        state = self.state_dict(epoch, batch)  # collective under DDP: every rank builds it
+    def save(self, best: bool = False) -> None:
+        """Write ``best.ckpt`` (when ``best``) and then ``last.ckpt``, which records that best."""
+        state = self.state_dict()  # collective under DDP: every rank builds it
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / "last.ckpt", state)
             if best:
                 save_checkpoint(self.run_dir / "best.ckpt", state)
+            save_checkpoint(self.run_dir / "last.ckpt", state)
 
     def resume(self, spec: str) -> Path | None:
         """Load ``spec`` (a path, or ``"auto"``: the newest valid checkpoint in the run folder)."""
         path = find_latest_checkpoint(self.run_dir) if spec == "auto" else Path(spec)
         if path is None:
-            if self.dist.is_main:
-                log.info("--resume auto: no checkpoint in %s, starting from scratch", self.run_dir)
+            log.info("--resume auto: no checkpoint in %s, starting from scratch", self.run_dir)
             return None
         ck = load_checkpoint(path)
-        if ck.get("classes") != list(self.classes):
-            raise ValueError(f"checkpoint {path} was trained on classes {ck.get('classes')[:5]}..., "
-                             f"not those of {self.cfg['data']}; use another --output or --resume")
-        self.model.load_state_dict(ck["model"])
-        if self.ema is not None and ck.get("model_ema") is not None:
-            self.ema.module.load_state_dict(ck["model_ema"])
-            self.ema.n_averaged.fill_(ck["ema_n_averaged"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.schedule.load_state_dict(ck["schedule"])
-        self.scaler.load_state_dict(ck["scaler"])
-        self.global_step, self.start_epoch, self.start_batch = ck["step"], ck["epoch"], ck["batch"]
-        self.best_top1 = ck.get("best_top1", -1.0)
+        if ck.get("task", "classification") != self.task.name or "model" not in ck:
+            raise CheckpointError(f"{path} is not a {self.task.name} training checkpoint of splitattn")
+        self.task.check_resume(ck, path)
+        try:
+            self.model.load_state_dict(ck["model"])
+            if self.ema is not None and ck.get("model_ema") is not None:
+                self.ema.module.load_state_dict(ck["model_ema"])
+                self.ema.n_averaged.fill_(ck["ema_n_averaged"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            schedule = dataclasses.asdict(self.scheduler.lr_lambdas[0])
+            self.scheduler.load_state_dict(ck["scheduler"])
+            for fn in self.scheduler.lr_lambdas:  # this run's schedule wins (e.g. a longer max_iter)
+                fn.__dict__.update(schedule)
+            self.scaler.load_state_dict(ck["scaler"])
+            self.step, self.best, self.sums = int(ck["step"]), float(ck["best"]), dict(ck["sums"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            first = str(e).splitlines()[0]
+            raise CheckpointError(f"checkpoint {path} does not fit this run ({first})") from e
         if ck.get("world_size") == self.dist.world_size:
             set_rng_state(ck["rng"][self.dist.rank])
-        elif self.dist.is_main:
+        else:
             log.warning("checkpoint was written by %s processes, now %s: RNG streams are re-seeded",
                         ck.get("world_size"), self.dist.world_size)
-        if self.dist.is_main:
-            log.info("resumed from %s (epoch %d, batch %d, step %d)", path, self.start_epoch + 1,
-                     self.start_batch, self.global_step)
+        log.info("resumed from %s at step %d", path, self.step)
         return path
 
     # -- training ----------------------------------------------------------------------------------
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch: int) -> tuple[float, float]:
-        cfg = self.cfg
-        lr = self.schedule.step()
-        if cfg["drop_block_rate"] > 0:
-            set_drop_block_prob(self.model, drop_block_prob_at(self.global_step, self.total_steps,
-                                                                cfg["drop_block_rate"]))
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(self.device, non_blocking=True)
-        target = y
-        if self.mixup is not None:
-            x, target = self.mixup(x, y)
-        with autocast(self.device, self.amp):
-            logits = self.train_model(x)
-        loss = self.criterion(logits.float(), target)
-        loss_val = all_reduce_mean(loss.detach()).item()
-        if not math.isfinite(loss_val):
-            last = self.run_dir / "last.ckpt"
-            kept = (f"the last good checkpoint {last} is left intact" if last.is_file()
-                    else "no checkpoint was written yet")
-            raise TrainingDivergedError(
-                f"loss is {loss_val} at step {self.global_step + 1} (epoch {epoch + 1}, batch {batch + 1}); "
-                f"training stopped, {kept}; lower --lr, or use --amp off / bf16"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if cfg["grad_clip"]:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), float(cfg["grad_clip"]))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
-        self.global_step += 1
-        return loss_val, lr
-
     def fit(self) -> dict[str, Any]:
-        """Train to the end (or ``max_steps``), validating and checkpointing; returns the last metrics."""
+        """Train to the end, evaluating, logging and checkpointing; returns the last record written."""
         cfg, d = self.cfg, self.dist
+        if cfg.resume:
+            self.resume(str(cfg.resume))
         if d.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            resolved = {**cfg, "lr": self.lr, "world_size": d.world_size, "global_batch": self.global_batch,
-                        "amp": self.amp, "channels_last": self.channels_last, "classes": list(self.classes)}
-            save_config(resolved, self.run_dir / "config.yaml")
-        if cfg["resume"]:
-            self.resume(str(cfg["resume"]))
-        if d.is_main:
-            print(f"training {cfg['model']} on {len(self.train_ds)} images / {len(self.classes)} classes "
-                  f"(val {len(self.val_ds)}), {d.world_size} process(es) on {self.device}, global batch "
-                  f"{self.global_batch}, peak lr {self.lr:g}, {cfg['epochs']} epochs x "
-                  f"{self.steps_per_epoch} steps, amp {self.amp}; run folder {self.run_dir}", flush=True)
+            save_config({**dataclasses.asdict(cfg), "lr": self.lr, "world_size": d.world_size,
+                         "global_batch": self.global_batch, "amp": self.amp,
+                         "channels_last": self.channels_last}, self.run_dir / "config.yaml")
+            print(f"training {self.task.name} {cfg.model} on {len(self.train_ds)} images, {d.world_size} "
+                  f"process(es) on {self.device}, global batch {self.global_batch}, peak lr {self.lr:g}, "
+                  f"{self.total_steps} steps ({self.steps_per_epoch} per epoch), amp {self.amp}; run folder "
+                  f"{self.run_dir}", flush=True)
         last: dict[str, Any] = {}
-        max_steps = cfg["max_steps"]
-        for epoch in range(self.start_epoch, cfg["epochs"]):
-            if max_steps and self.global_step >= max_steps:
-                break
-            start_batch = self.start_batch if epoch == self.start_epoch else 0
-            last = self._run_epoch(epoch, start_batch)
-        if self.dist.is_main:
+        try:
+            while self.step < self.total_steps:
+                last = self._run_epoch() or last
+        except SplitAttnError as e:  # re-raised by a DataLoader worker with its traceback in the message
+            raise worker_error(e) from None
+        finally:
             self.metrics.close()
         return last
 
-    def _run_epoch(self, epoch: int, start_batch: int) -> dict[str, Any]:
-        cfg, d = self.cfg, self.dist
+    def _run_epoch(self) -> dict[str, Any]:
+        epoch, start = divmod(self.step, self.steps_per_epoch)
         self.train_ds.set_epoch(epoch)
-        self.sampler.set_epoch(epoch, start_batch)
-        self.train_model.train()
-        t0 = time.perf_counter()
-        loss_sum, n_steps, n_bad, stopped = 0.0, 0, 0, False
-        bar = EpochProgress(len(self.sampler), f"epoch {epoch + 1}/{cfg['epochs']}", enabled=d.is_main,
-                            batch_size=self.global_batch, force_plain=not cfg["progress_bar"])
-        lr = self.schedule.lr_at(self.global_step)
-        try:
-            for batch, (x, y, bad) in enumerate(self.train_loader, start=start_batch):
-                n_bad += bad
-                if x.shape[0] < 2:
-                    raise ValueError(f"a training batch of epoch {epoch + 1} has fewer than 2 readable "
-                                     "images; remove the unreadable images from the train folder")
-                loss, lr = self._train_step(x, y, epoch, batch)
-                loss_sum += loss
-                n_steps += 1
-                bar.update(1, loss=loss, lr=lr)
-                interval = cfg["checkpoint_interval"]
-                at_end = batch + 1 == self.steps_per_epoch
-                if interval and self.global_step % interval == 0 and not at_end:
-                    self.save(epoch, batch + 1)
-                if cfg["max_steps"] and self.global_step >= cfg["max_steps"]:
-                    stopped = not at_end
-                    if stopped:
-                        self.save(epoch, batch + 1)
+        self.sampler.set_epoch(epoch, start)
+        self.net.train()
+        bar = EpochProgress(len(self.sampler), f"epoch {epoch + 1}", enabled=self.dist.is_main,
+                            batch_size=self.global_batch, force_plain=not self.cfg.progress_bar)
+        record: dict[str, Any] = {}
+        with bar:
+            for batch in self.train_loader:
+                loss = self._train_step(batch)
+                bar.update(1, loss=loss, lr=self.scheduler.get_last_lr()[0])
+                record = self._after_step() or record
+                if self.step >= self.total_steps:
                     break
-        except BadImageError as e:
-            raise BadImageError(unwrap_worker_error(e)) from None
-        except RuntimeError as e:
-            if "BadImageError" in str(e):
-                raise BadImageError(unwrap_worker_error(e)) from None
-            raise
-        finally:
-            bar.close()
-        if stopped:
-            return {"epoch": epoch + 1, "step": self.global_step, "stopped_at_max_steps": True}
-        seconds = time.perf_counter() - t0
-        record: dict[str, Any] = {
-            "epoch": epoch + 1, "step": self.global_step, "lr": lr,
-            "train_loss": loss_sum / max(n_steps, 1), "epoch_time": seconds,
-            "train_images_per_sec": n_steps * self.global_batch / max(seconds, 1e-9),
-            "drop_block": drop_block_prob_at(self.global_step - 1, self.total_steps, cfg["drop_block_rate"]),
-        }
-        n_bad = int(all_reduce_sum(torch.tensor(float(n_bad))).item())
-        if n_bad:
-            record["skipped_images"] = n_bad
-        last_epoch = epoch + 1 == cfg["epochs"]
-        best = False
-        if (epoch + 1) % max(cfg["eval_interval"], 1) == 0 or last_epoch:
-            v = evaluate(self.model, self.val_loader, self.device, self.amp, self.channels_last)
-            record.update(val_loss=v["loss"], val_top1=v["top1"], val_top5=v["top5"])
-            score = v["top1"]
-            if self.ema is not None:
-                ve = evaluate(self.ema.module, self.val_loader, self.device, self.amp, self.channels_last)
-                record.update(val_ema_loss=ve["loss"], val_ema_top1=ve["top1"], val_ema_top5=ve["top5"])
-                score = max(score, ve["top1"])
-            if v["skipped"]:
-                record["skipped_val_images"] = v["skipped"]
-            best = score > self.best_top1
-            self.best_top1 = max(self.best_top1, score)
-        self.save(epoch + 1, 0, best=best)
-        if d.is_main:
-            self.metrics.log(record, step=self.global_step)
-            msg = (f"epoch {epoch + 1}/{cfg['epochs']}: train loss {record['train_loss']:.4f}, lr {lr:.4g}, "
-                   f"{record['train_images_per_sec']:.1f} img/s, {seconds:.1f} s")
-            if "val_top1" in record:
-                msg += (f"; val loss {record['val_loss']:.4f}, top-1 {record['val_top1']:.2f}%, "
-                        f"top-5 {record['val_top5']:.2f}%")
-            if "val_ema_top1" in record:
-                msg += f", EMA top-1 {record['val_ema_top1']:.2f}%"
-            if n_bad:
-                msg += f"; skipped {n_bad} unreadable images"
-            print(msg, flush=True)
         return record
 
+    def _train_step(self, batch: Any) -> float:
+        inputs, targets, n_bad = self.task.prepare(batch, self.device, self.channels_last)
+        lr = self.scheduler.get_last_lr()[0]
+        with autocast(self.device, self.amp):
+            losses = self.task.losses(self.net, inputs, targets, self.step, self.total_steps)
+        loss = sum(losses.values())
+        parts = torch.stack([v.detach().float() for v in losses.values()] + [torch.tensor(float(n_bad))])
+        parts = all_reduce_sum(parts.cpu()) / torch.tensor([self.dist.world_size] * len(losses) + [1.0])
+        total = float(parts[:-1].sum())
+        if not math.isfinite(total):
+            self._diverged(total, losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), float(self.cfg.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        self._clock = (self._clock[0], self._clock[1] + 1)
+        s = self.sums
+        s["loss"] += total
+        s["steps"] += 1
+        s["skipped"] += int(parts[-1])
+        s["lr"] = lr
+        for k, v in zip(losses, parts.tolist()):
+            s[f"part/{k}"] = s.get(f"part/{k}", 0.0) + v
+        return total
 
-def train(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run one training job described by a resolved config; returns the last epoch's metrics."""
-    dist = init_distributed(None if cfg["device"] == "auto" else cfg["device"])
+    def _diverged(self, value: float, losses: dict[str, torch.Tensor]) -> None:
+        last = self.run_dir / "last.ckpt"
+        kept = (f"the last good checkpoint {last} is left intact" if last.is_file()
+                else "no checkpoint was written yet")
+        parts = ", ".join(f"{k} {float(v.detach()):.4g}" for k, v in losses.items())
+        raise TrainingDivergedError(
+            f"loss is {value} at step {self.step + 1} ({parts}); training stopped, {kept}; lower the "
+            "learning rate (--lr), raise the warmup, or use --amp off / bf16")
+
+    def _after_step(self) -> dict[str, Any] | None:
+        """Log, evaluate and checkpoint where the schedule says; returns the record written, if any."""
+        cfg, step, spe = self.cfg, self.step, self.steps_per_epoch
+        at_end = step >= self.total_steps
+        stopped_early = at_end and step < self.task.total_steps(spe)
+        if self.task.epoch_based:
+            epoch_end = step % spe == 0
+            log_now = epoch_end
+            eval_now = epoch_end and not stopped_early and ((step // spe) % cfg.eval_interval == 0 or at_end)
+        else:
+            log_now = step % cfg.log_period == 0 or at_end
+            eval_now = (at_end and not stopped_early) or bool(cfg.eval_period and step % cfg.eval_period == 0)
+        record: dict[str, Any] | None = None
+        best = False
+        if log_now or eval_now:
+            record = self._record()
+            if eval_now and self.val_ds is not None:
+                best = self._evaluate_into(record)
+            self.metrics.log(record, step=step)
+            self._print(record)
+        periodic = bool(cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)
+        if periodic or at_end or eval_now or (self.task.epoch_based and log_now):
+            self.save(best=best)
+        return record
+
+    def _record(self) -> dict[str, Any]:
+        s, spe = self.sums, self.steps_per_epoch
+        timed, seconds = self._clock[1], time.perf_counter() - self._clock[0]
+        n = max(s["steps"], 1)
+        rec: dict[str, Any] = {"epoch": math.ceil(self.step / spe), "step": self.step, "lr": s["lr"]}
+        if not self.task.epoch_based:
+            rec["iter"] = self.step
+        rec.update(train_loss=s["loss"] / n, time=seconds,
+                   train_images_per_sec=timed * self.global_batch / max(seconds, 1e-9))
+        parts = {k[5:]: v / n for k, v in s.items() if k.startswith("part/")}
+        if len(parts) > 1:
+            rec.update(parts)
+        rec.update(self.task.log_extras(self.step - 1, self.total_steps))
+        if s["skipped"]:
+            rec["skipped_images"] = s["skipped"]
+        self.sums, self._clock = _new_sums(), (time.perf_counter(), 0)
+        return rec
+
+    def _evaluate_into(self, record: dict[str, Any]) -> bool:
+        """Add the val metrics (and the EMA's) to ``record``; True when the primary metric is a new best."""
+        t = self.task
+        record.update(t.evaluate(self.model, self.val_ds, self.device, self.amp, self.channels_last))
+        score = record.get(t.primary_metric, -math.inf)
+        if self.ema is not None:
+            ema = t.evaluate(self.ema.module, self.val_ds, self.device, self.amp, self.channels_last)
+            record.update({k.replace("val_", "val_ema_", 1) if k.startswith("val_") else f"ema_{k}": v
+                           for k, v in ema.items()})
+            score = max(score, ema.get(t.primary_metric, -math.inf))
+        score = -math.inf if score is None or math.isnan(score) else score
+        if score > self.best:
+            self.best = score
+            return True
+        return False
+
+    def _print(self, r: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        skip = {"epoch", "step", "iter"}
+        vals = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+                         if k not in skip)
+        print(f"epoch {r['epoch']} step {r['step']}/{self.total_steps}: {vals}", flush=True)
+
+
+def _new_sums() -> dict[str, Any]:
+    return {"loss": 0.0, "steps": 0, "skipped": 0, "lr": 0.0}
+
+
+def train(cfg: RunConfig) -> dict[str, Any]:
+    """Run one training job described by a config; returns the last metrics record."""
+    dist = init_distributed(cfg.device)
     try:
         return Trainer(cfg, dist).fit()
     finally:
         cleanup_distributed()
 
 
-__all__ = ["Trainer", "TrainingDivergedError", "build_model", "eval_model_cfg", "train"]
+def evaluate_checkpoint(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
+    """The task's validation metrics of a training checkpoint, on the config's val set."""
+    dist = init_distributed(cfg.device)
+    try:
+        task = create_task(cfg)
+        ck = load_checkpoint(checkpoint)
+        if ck.get("task", "classification") != task.name or "model" not in ck:
+            raise CheckpointError(f"{checkpoint} is not a {task.name} training checkpoint of splitattn")
+        val = task.build_val_dataset(ck)
+        model = task.build_model(None).to(dist.device)
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {checkpoint} does not fit the config's model "
+                                  f"({str(e).splitlines()[0]})") from e
+        amp = "off" if cfg.amp == "auto" else cfg.amp
+        metrics = task.evaluate(model, val, dist.device, amp, False)
+        return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+    finally:
+        cleanup_distributed()
+
+
+__all__ = ["CHECKPOINT_FORMAT", "Trainer", "evaluate_checkpoint", "train"]

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from .recompute import checkpoint
 
 
@@ -84,9 +85,9 @@ class SplitAttn(nn.Module):
     ) -> None:
         super().__init__()
         if radix < 1:
-            raise ValueError(f"SplitAttn needs radix >= 1, got {radix} (radix 0 is a plain grouped conv)")
+            raise InputError(f"SplitAttn needs radix >= 1, got {radix} (radix 0 is a plain grouped conv)")
         if out_channels % groups:
-            raise ValueError(f"out_channels {out_channels} is not divisible by cardinality {groups}")
+            raise InputError(f"out_channels {out_channels} is not divisible by cardinality {groups}")
         self.radix = radix
         self.cardinality = groups
         self.out_channels = out_channels

@@ -1,0 +1,349 @@
+"""What the :class:`~splitattn.engine.trainer.Trainer` needs from each kind of run: one small interface.
+
+A task builds the datasets and the model from its config section, turns a batch into a dict of losses,
+and evaluates a model into named metrics, one of which (``primary_metric``, higher is better) chooses
+``best.ckpt``. The loop, checkpoints, resume, schedules, AMP, EMA and DDP are the trainer's, shared by all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.augment import create_mixup, create_train_transform
+from ..data.coco import CocoDetection
+from ..data.imagefolder import ImageFolderDataset, check_same_classes, collate_skip_bad, resolve_split_dirs
+from ..data.preprocessing import apply_data_config, resolve_data_config
+from ..data.semantic import ADE20KSegmentation, CityscapesSegmentation
+from ..data.transforms import (
+    DetectionTransform,
+    SegmentationTransform,
+    create_eval_transform,
+    detection_collate,
+    segmentation_collate,
+)
+from ..errors import CheckpointError, ConfigError, DataError
+from ..evaluate import evaluate_classifier, evaluate_detection, evaluate_segmentation, shard_dataset
+from ..factory import create_model
+from ..models import set_drop_block_prob
+from ..models.detection import create_detection_model
+from ..models.segmentation import create_segmentation_model, segmentation_loss
+from .config import ClassificationConfig, DetectionConfig, RunConfig, SegmentationConfig
+from .schedule import WarmupSchedule, drop_block_prob_at
+
+Batch = tuple[Any, Any, int]  # inputs, targets, number of unreadable images skipped
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Tensors (inside lists, tuples and dicts too) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+class Task:
+    """The interface: subclasses set the class attributes and implement the methods.
+
+    Attributes:
+        name: the config's ``task`` value.
+        primary_metric: the key of :meth:`evaluate`'s result that chooses ``best.ckpt`` (higher is better).
+        epoch_based: log, evaluate and checkpoint at epoch ends (classification) rather than every
+            ``log_period`` / ``eval_period`` / ``checkpoint_interval`` iterations (detection, segmentation).
+    """
+
+    name: ClassVar[str]
+    primary_metric: ClassVar[str]
+    epoch_based: ClassVar[bool] = False
+    collate: Callable[[list[Any]], Any]
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+
+    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
+        """``(train dataset, val dataset or None)``; items go through :attr:`collate`."""
+        raise NotImplementedError
+
+    def build_val_dataset(self, ck: dict[str, Any]) -> Dataset:
+        """The validation set alone, for evaluating checkpoint ``ck`` (which gives the classes)."""
+        self.num_classes = int(ck["num_classes"])
+        return self._val()
+
+    def _val(self) -> Dataset:
+        raise NotImplementedError
+
+    def per_process_batch(self, world_size: int) -> int:
+        """Images per process and step (detection and segmentation configs give the global batch)."""
+        if self.cfg.batch_size % world_size:
+            raise ConfigError(f"batch_size {self.cfg.batch_size} (global) is not divisible by {world_size} "
+                              "processes")
+        return self.cfg.batch_size // world_size
+
+    def build_model(self, train_ds: Dataset) -> nn.Module:
+        raise NotImplementedError
+
+    def peak_lr(self, global_batch: int) -> float:
+        return float(self.cfg.lr)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.cfg.max_iter
+
+    def schedule(self, steps_per_epoch: int, peak_lr: float) -> WarmupSchedule:
+        raise NotImplementedError
+
+    def prepare(self, batch: Any, device: torch.device, channels_last: bool) -> Batch:
+        """A loader batch -> ``(inputs, targets, n_skipped)`` on ``device``."""
+        images, targets = to_device(batch, device)
+        return images, targets, 0
+
+    def losses(self, model: nn.Module, inputs: Any, targets: Any, step: int, total: int,
+               ) -> dict[str, torch.Tensor]:
+        """The named losses of one batch (their sum is minimised), computed under autocast."""
+        raise NotImplementedError
+
+    def log_extras(self, step: int, total: int) -> dict[str, float]:
+        """Extra values for the metrics record written after iteration ``step``."""
+        return {}
+
+    def evaluate(self, model: nn.Module, val_ds: Dataset, device: torch.device, amp: str,
+                 channels_last: bool) -> dict[str, float]:
+        raise NotImplementedError
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What a checkpoint records so the model can be rebuilt and used without the config."""
+        return {}
+
+    def check_resume(self, ck: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint of another run (other classes, other architecture) with one clear line."""
+        meta = self.checkpoint_meta()
+        for key in ("model_name", "num_classes", "classes"):
+            if key in meta and key in ck and ck[key] != meta[key]:
+                theirs, ours = ck[key], meta[key]
+                if isinstance(ours, list):
+                    theirs, ours = f"{len(theirs)} classes {theirs[:5]}", f"{len(ours)} classes {ours[:5]}"
+                raise CheckpointError(f"checkpoint {path} was trained with {key} {theirs}, this run has "
+                                      f"{ours}; use another --output, or --resume with a matching checkpoint")
+
+
+class ClassificationTask(Task):
+    """The paper's ImageNet recipe on an ImageFolder (``data/train``, ``data/val``)."""
+
+    name = "classification"
+    primary_metric = "val_top1"
+    epoch_based = True
+    collate = staticmethod(collate_skip_bad)
+
+    cfg: ClassificationConfig
+
+    def __init__(self, cfg: ClassificationConfig) -> None:
+        super().__init__(cfg)
+        self.data_cfg = resolve_data_config(
+            cfg.model, img_size=cfg.eval_img_size or cfg.img_size, crop_pct=cfg.crop_pct,
+            interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std)
+        self.classes: list[str] = []
+        self.mixup: Callable | None = None
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        c, d = self.cfg, self.data_cfg
+        train_dir, val_dir = resolve_split_dirs(c.data)
+        train_tf = create_train_transform(c.img_size, c.rrc_scale, c.rrc_ratio, c.hflip, c.auto_augment,
+                                          c.color_jitter, c.pca_lighting, c.interpolation, d.mean, d.std)
+        train = ImageFolderDataset(train_dir, train_tf, skip_bad_images=c.skip_bad_images, what="train")
+        val = ImageFolderDataset(val_dir, create_eval_transform(d), skip_bad_images=c.skip_bad_images,
+                                 what="val")
+        check_same_classes(train.classes, val.classes, train_dir, val_dir)
+        self.classes = list(train.classes)
+        self.mixup = create_mixup(c.mixup_alpha, len(self.classes))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
+        return train, val
+
+    def build_val_dataset(self, ck: dict[str, Any]) -> Dataset:
+        _, val_dir = resolve_split_dirs(self.cfg.data)
+        self.classes = list(ck["classes"])
+        return ImageFolderDataset(val_dir, create_eval_transform(self.data_cfg), classes=self.classes,
+                                  skip_bad_images=self.cfg.skip_bad_images, what="val")
+
+    def per_process_batch(self, world_size: int) -> int:
+        return self.cfg.batch_size
+
+    def build_model(self, train_ds: Dataset) -> nn.Module:
+        c = self.cfg
+        model = create_model(c.model, pretrained=c.pretrained or False, num_classes=len(self.classes),
+                             drop_rate=c.drop_rate, drop_block_rate=c.drop_block_rate,
+                             zero_init_last=c.zero_init_last, norm_layer=c.norm_layer, **c.model_kwargs)
+        return apply_data_config(model, self.data_cfg)
+
+    def peak_lr(self, global_batch: int) -> float:
+        return float(self.cfg.lr or self.cfg.base_lr * global_batch / self.cfg.lr_base_batch)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.cfg.epochs * steps_per_epoch
+
+    def schedule(self, steps_per_epoch: int, peak_lr: float) -> WarmupSchedule:
+        return WarmupSchedule("cosine", self.total_steps(steps_per_epoch),
+                              self.cfg.warmup_epochs * steps_per_epoch,
+                              min_factor=self.cfg.min_lr / peak_lr if peak_lr else 0.0)
+
+    def prepare(self, batch: Any, device: torch.device, channels_last: bool) -> Batch:
+        x, y, n_bad = batch
+        if x.shape[0] < 2:
+            raise DataError("a training batch has fewer than 2 readable images; remove the unreadable "
+                            "images from the train folder")
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(device, non_blocking=True), n_bad
+
+    def losses(self, model: nn.Module, inputs: Any, targets: Any, step: int, total: int,
+               ) -> dict[str, torch.Tensor]:
+        if self.cfg.drop_block_rate > 0:
+            set_drop_block_prob(model, drop_block_prob_at(step, total, self.cfg.drop_block_rate))
+        if self.mixup is not None:
+            inputs, targets = self.mixup(inputs, targets)
+        return {"loss": self.criterion(model(inputs).float(), targets)}
+
+    def log_extras(self, step: int, total: int) -> dict[str, float]:
+        return {"drop_block": drop_block_prob_at(step, total, self.cfg.drop_block_rate)}
+
+    def evaluate(self, model: nn.Module, val_ds: Dataset, device: torch.device, amp: str,
+                 channels_last: bool) -> dict[str, float]:
+        loader = DataLoader(shard_dataset(val_ds), batch_size=self.cfg.batch_size, shuffle=False,
+                            num_workers=self.cfg.workers, pin_memory=device.type == "cuda",
+                            collate_fn=collate_skip_bad, generator=torch.Generator())
+        v = evaluate_classifier(model, loader, device, amp, channels_last)
+        out = {"val_loss": v["loss"], "val_top1": v["top1"], "val_top5": v["top5"]}
+        if v["skipped"]:
+            out["skipped_val_images"] = v["skipped"]
+        return out
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"model_name": self.cfg.model, "model_kwargs": dict(self.cfg.model_kwargs),
+                "classes": list(self.classes), "eval_cfg": self.data_cfg.to_dict()}
+
+
+class DetectionTask(Task):
+    """Faster / Cascade / Mask R-CNN + FPN on COCO-format data (detectron2's 1x schedule)."""
+
+    name = "detection"
+    primary_metric = "bbox_AP"
+    collate = staticmethod(detection_collate)
+
+    cfg: DetectionConfig
+
+    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
+        c = self.cfg
+        _need(c, "train_images", "train_ann")
+        train = CocoDetection(c.train_images, c.train_ann, DetectionTransform(True, hflip=c.hflip),
+                              masks="mask" in c.model, remove_empty=True)
+        self.num_classes = int(c.num_classes or train.num_classes)
+        return train, (self._val() if c.val_ann else None)
+
+    def _val(self) -> Dataset:
+        _need(self.cfg, "val_images", "val_ann")
+        return CocoDetection(self.cfg.val_images, self.cfg.val_ann, DetectionTransform(False), masks=False)
+
+    def build_model(self, train_ds: Dataset | None) -> nn.Module:
+        c = self.cfg
+        return create_detection_model(
+            c.model, c.backbone, num_classes=self.num_classes, pretrained_backbone=c.pretrained_backbone,
+            backbone_norm=c.backbone_norm, freeze_at=c.freeze_at, fpn_norm=c.fpn_norm, box_head=c.box_head,
+            head_norm=c.head_norm, min_size=tuple(c.min_size), max_size=c.max_size,
+            fpn_channels=c.fpn_channels, representation_size=c.representation_size,
+            backbone_kwargs=c.backbone_kwargs, **c.model_kwargs)
+
+    def schedule(self, steps_per_epoch: int, peak_lr: float) -> WarmupSchedule:
+        c = self.cfg
+        return WarmupSchedule("multistep", c.max_iter, c.warmup_iters, c.warmup_factor,
+                              milestones=list(c.lr_steps), gamma=c.lr_gamma)
+
+    def losses(self, model: nn.Module, inputs: Any, targets: Any, step: int, total: int,
+               ) -> dict[str, torch.Tensor]:
+        return model(inputs, targets)
+
+    def evaluate(self, model: nn.Module, val_ds: Dataset, device: torch.device, amp: str,
+                 channels_last: bool) -> dict[str, float]:
+        res = evaluate_detection(model, val_ds, device, batch_size=2, amp=amp)  # type: ignore[arg-type]
+        return {f"{t}_{k}": v for t, d in res.items() for k, v in d.items()}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"model_name": self.cfg.model, "backbone": self.cfg.backbone, "num_classes": self.num_classes}
+
+
+class SegmentationTask(Task):
+    """DeepLabV3 on ADE20K or Cityscapes layouts (poly LR schedule)."""
+
+    name = "segmentation"
+    primary_metric = "mIoU"
+    collate = staticmethod(segmentation_collate)
+
+    cfg: SegmentationConfig
+
+    def _dataset(self, split: str | None, train: bool) -> Dataset:
+        c = self.cfg
+        default = {"ade20k": ("training", "validation"), "cityscapes": ("train", "val")}[c.dataset]
+        split = split or default[0 if train else 1]
+        tf = (SegmentationTransform(True, c.crop_size, c.base_size, tuple(c.scale_range), c.hflip) if train
+              else SegmentationTransform(False, eval_size=c.eval_size))
+        if c.dataset == "ade20k":
+            return ADE20KSegmentation(c.data_root, split, tf, num_classes=c.num_classes or 150)
+        return CityscapesSegmentation(c.data_root, split, tf)
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        _need(self.cfg, "data_root")
+        train = self._dataset(self.cfg.train_split, True)
+        self.num_classes = int(self.cfg.num_classes or train.num_classes)  # type: ignore[attr-defined]
+        return train, self._val()
+
+    def _val(self) -> Dataset:
+        _need(self.cfg, "data_root")
+        return self._dataset(self.cfg.val_split, False)
+
+    def build_model(self, train_ds: Dataset | None) -> nn.Module:
+        c = self.cfg
+        return create_segmentation_model(
+            c.model, c.backbone, num_classes=self.num_classes, output_stride=c.output_stride,
+            aux_loss=c.aux_loss, pretrained_backbone=c.pretrained_backbone, norm=c.norm,
+            freeze_at=c.freeze_at, backbone_kwargs=c.backbone_kwargs)
+
+    def schedule(self, steps_per_epoch: int, peak_lr: float) -> WarmupSchedule:
+        c = self.cfg
+        return WarmupSchedule("poly", c.max_iter, c.warmup_iters, c.warmup_factor, power=c.poly_power)
+
+    def losses(self, model: nn.Module, inputs: Any, targets: Any, step: int, total: int,
+               ) -> dict[str, torch.Tensor]:
+        return segmentation_loss(model(inputs), targets, self.cfg.aux_weight)
+
+    def evaluate(self, model: nn.Module, val_ds: Dataset, device: torch.device, amp: str,
+                 channels_last: bool) -> dict[str, float]:
+        res = evaluate_segmentation(model, val_ds, self.num_classes, device, amp=amp)
+        return {"mIoU": res["mIoU"], "pixel_acc": res["pixel_acc"]}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"model_name": self.cfg.model, "backbone": self.cfg.backbone, "num_classes": self.num_classes}
+
+
+def _need(cfg: RunConfig, *keys: str) -> None:
+    missing = [k for k in keys if not getattr(cfg, k)]
+    if missing:
+        raise ConfigError(f"the {cfg.task} config needs {', '.join(missing)} (set them in the YAML or as "
+                          "KEY=VALUE)")
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, DetectionTask, SegmentationTask)}
+
+
+def create_task(cfg: RunConfig) -> Task:
+    """The task object for a config (by its ``task`` key)."""
+    return TASKS[cfg.task](cfg)
+
+
+__all__ = ["ClassificationTask", "DetectionTask", "SegmentationTask", "TASKS", "Task", "create_task",
+           "to_device"]
