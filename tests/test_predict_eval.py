@@ -17,7 +17,7 @@ from splitattn.checkpoint import load_checkpoint, save_checkpoint
 from splitattn.cli import main
 from splitattn.data.preprocessing import DataConfig
 from splitattn.data.transforms import create_eval_transform
-from splitattn.errors import BadImageError, CheckpointError, InputError
+from splitattn.errors import BadImageError, CheckpointError, InputError, WeightsError
 from splitattn.evaluate import evaluate_folder, shard_dataset, unwrap_model
 from splitattn.metrics import SegmentationMetric, topk_hits
 from splitattn.plot import plot_run
@@ -140,13 +140,13 @@ def test_load_for_inference_refuses_pretrained_kwargs_and_missing_keys(files: di
                                                                        tmp_path: Path) -> None:
     ck = load_checkpoint(files["ckpt"])
     evil = save_checkpoint(tmp_path / "evil.ckpt", {**ck, "model_kwargs": {**KWARGS, "pretrained": True}})
-    with pytest.raises(InputError, match=r"evil\.ckpt.*'pretrained'"):
+    with pytest.raises(CheckpointError, match=r"evil\.ckpt.*may not hold 'pretrained'"):
         load_for_inference(evil)
     model = _tiny_model()
     evil_w = splitattn.save_weights(model, tmp_path / "evil.safetensors", metadata={
         "model_name": "resnest14d", "model_kwargs": {"pretrained": "https://example.com/w.pth"},
         "classes": CLASSES})
-    with pytest.raises(InputError, match=r"evil\.safetensors.*'pretrained'"):
+    with pytest.raises(WeightsError, match=r"evil\.safetensors.*may not hold 'pretrained'"):
         load_for_inference(evil_w)
     no_classes = save_checkpoint(tmp_path / "nc.ckpt", {k: v for k, v in ck.items() if k != "classes"})
     with pytest.raises(CheckpointError, match=r"nc\.ckpt has no 'classes' entry"):

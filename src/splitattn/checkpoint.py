@@ -7,7 +7,9 @@ uint8 tensors), written with :func:`torch.save` to a temp file in the same folde
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,9 @@ from .errors import CheckpointError, MissingFileError
 from .fileio import atomic_torch_save, safe_torch_load
 
 CKPT_SUFFIX = ".ckpt"
+QUARANTINE_SUFFIX = ".corrupt"
+
+log = logging.getLogger("splitattn")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -31,46 +36,107 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return atomic_torch_save(path, state)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, required: Sequence[str] = ()) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` with ``torch.load(weights_only=True)``.
 
+    Args:
+        path: the ``.ckpt`` file.
+        required: top-level keys that must be present (and not ``None``).
+
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        CheckpointError: the file is truncated/corrupt, is not a dict, or needs pickled code.
+        MissingFileError: ``path`` does not exist.
+        CheckpointError: the file is truncated/corrupt, is not a dict, lacks a ``required`` key, or needs
+            pickled code; the message names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} does not exist")
     obj = safe_torch_load(path, CheckpointError, "checkpoint")
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict; it is not a "
+                              "checkpoint of splitattn")
+    require_entries(obj, required, path)
     return obj
 
 
-def _is_valid(path: Path) -> bool:
+def require_entries(ck: dict[str, Any], keys: Sequence[str], path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` and the ``keys`` that ``ck`` lacks (or holds None)."""
+    missing = [k for k in keys if ck.get(k) is None]
+    if missing:
+        entries = "entries" if len(missing) > 1 else "entry"
+        raise CheckpointError(f"checkpoint {path} has no {', '.join(map(repr, missing))} {entries}; is it a "
+                              "checkpoint of `splitattn train`?")
+
+
+def _load_error(path: Path) -> CheckpointError | None:
+    """The error loading ``path`` raises (None when it loads); a file that vanished raises."""
     try:
         load_checkpoint(path)
-    except (CheckpointError, FileNotFoundError):
-        return False
-    return True
+    except CheckpointError as e:
+        return e
+    return None
 
 
-def find_latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+def quarantine(path: str | os.PathLike) -> Path:
+    """Rename an unreadable checkpoint to ``<name>.corrupt`` (``<name>.corrupt-N`` if taken), out of the
+    way of :func:`find_latest_checkpoint` but kept for inspection.
+
+    Returns:
+        The new path.
+
+    Raises:
+        MissingFileError: ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {path} does not exist")
+    n, target = 0, path.with_name(path.name + QUARANTINE_SUFFIX)
+    while target.exists() or target.is_symlink():
+        n += 1
+        target = path.with_name(f"{path.name}{QUARANTINE_SUFFIX}-{n}")
+    os.rename(path, target)
+    log.warning("moved the unreadable checkpoint %s to %s", path, target.name)
+    return target
+
+
+_quarantine = quarantine  # find_latest_checkpoint's argument of the same name hides it
+
+
+def find_latest_checkpoint(run_dir: str | os.PathLike, quarantine: bool = False) -> Path | None:
     """The newest readable ``*.ckpt`` in ``run_dir`` (by modification time), or ``None``.
 
     ``best.ckpt`` is only a candidate when nothing else is, since it may be older than ``last.ckpt``
-    even when its mtime ties. Corrupt/truncated files are skipped.
+    even when its mtime ties. Corrupt/truncated files are skipped with a warning naming them.
+
+    Args:
+        run_dir: the run folder.
+        quarantine: also rename each unreadable file to ``<name>.corrupt`` (:func:`quarantine`), so that
+            the next save cannot overwrite the evidence; only one process of a run should do it.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return None
+
+    def newest_first(p: Path) -> tuple[bool, int, bool]:
+        try:
+            mtime = p.stat().st_mtime_ns
+        except FileNotFoundError:  # removed since the listing
+            mtime = -1
+        return p.name != "best.ckpt", mtime, p.name == "last.ckpt"
+
     files = [p for p in run_dir.glob(f"*{CKPT_SUFFIX}") if p.is_file() and not p.name.startswith(".")]
-    files.sort(key=lambda p: (p.name != "best.ckpt", p.stat().st_mtime_ns, p.name == "last.ckpt"),
-               reverse=True)
-    for p in files:
-        if _is_valid(p):
+    for p in sorted(files, key=newest_first, reverse=True):
+        try:
+            error = _load_error(p)
+        except FileNotFoundError:
+            continue
+        if error is None:
             return p
+        log.warning("skipping %s", error)
+        if quarantine:
+            _quarantine(p)
     return None
 
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "find_latest_checkpoint"]
+__all__ = ["CheckpointError", "find_latest_checkpoint", "load_checkpoint", "quarantine", "require_entries",
+           "save_checkpoint"]

@@ -49,6 +49,22 @@ class EvalOnlyError(SplitAttnError, RuntimeError):
     """``.train()`` was called on a model whose BatchNorms were folded by ``optimize_for_inference``."""
 
 
+class DiskFullError(SplitAttnError, OSError):
+    """A file could not be written because its file system is full (the previous file is kept)."""
+
+
+class Interrupted(SplitAttnError):
+    """Training was stopped by SIGINT or SIGTERM after saving a checkpoint.
+
+    Attributes:
+        exit_code: 130 for SIGINT, 143 for SIGTERM (128 + the signal number), what a shell expects.
+    """
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class MissingDependencyError(SplitAttnError, ImportError):
     """An optional package needed by the requested feature is not installed."""
 
@@ -87,8 +103,10 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "DiskFullError",
     "EvalOnlyError",
     "InputError",
+    "Interrupted",
     "MissingDependencyError",
     "MissingFileError",
     "SplitAttnError",

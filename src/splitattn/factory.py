@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from .errors import ConfigError
+from .errors import InputError
 from .models.features import FeatureListNet, check_out_indices
 from .models.registry import get_model_cfg, get_model_class, list_models
 from .weights import load_pretrained
+
+_SET_BY_CREATE_MODEL = ("num_classes", "in_chans", "output_stride")
 
 
 def create_model(
@@ -45,18 +49,16 @@ def create_model(
         The model, with its :class:`ModelCfg` as ``model.pretrained_cfg``.
 
     Raises:
-        ConfigError: for ``num_classes < 0``, ``in_chans < 1``, an ``output_stride`` other than 8, 16,
-            32, or ``out_indices`` outside 0..4 (an unknown name: the registry's error, listing close
-            names).
+        InputError: an unknown model name (listing close names), an unknown keyword argument (listing
+            the valid ones), or an invalid architecture argument (``num_classes < 0``, ``in_chans < 1``,
+            an ``output_stride`` other than 8, 16, 32...: the model constructor's check, naming it).
+        ConfigError: ``out_indices`` outside 0..4.
     """
-    if num_classes < 0 or in_chans < 1:
-        raise ConfigError(f"need num_classes >= 0 and in_chans >= 1, got {num_classes=}, {in_chans=}")
-    if output_stride not in (8, 16, 32):
-        raise ConfigError(f"output_stride must be 8, 16 or 32, got {output_stride}")
     if features_only:
         check_out_indices(out_indices)  # before any download
     cfg = get_model_cfg(name)
     cls = get_model_class(name)
+    _check_kwargs(cfg.name, cls, kwargs)
     arch = {**cfg.arch, **kwargs}
     model = cls(num_classes=num_classes, in_chans=in_chans, output_stride=output_stride, **arch)
     model.pretrained_cfg = cfg
@@ -65,6 +67,18 @@ def create_model(
     if features_only:
         model = FeatureListNet(model, out_indices)
     return model
+
+
+def _check_kwargs(name: str, cls: type[nn.Module], kwargs: dict[str, Any]) -> None:
+    """InputError listing the valid arguments when ``kwargs`` holds one that ``cls`` does not take."""
+    valid = [p for p in inspect.signature(cls).parameters if p not in _SET_BY_CREATE_MODEL]
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        close = {k: m[0] for k in unknown if (m := difflib.get_close_matches(k, valid, n=1))}
+        hint = "".join(f"; did you mean {m!r} for {k!r}?" for k, m in close.items())
+        raise InputError(f"unknown argument(s) {unknown} for model {name!r}{hint} (valid: "
+                         f"{', '.join(valid)}; and create_model's own num_classes, in_chans, "
+                         "output_stride, pretrained, features_only, out_indices)")
 
 
 __all__ = ["create_model", "list_models"]

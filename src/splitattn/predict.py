@@ -8,9 +8,10 @@ timm weights) needs the model name and is taken to be ImageNet-1k.
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import CKPT_SUFFIX, load_checkpoint
+from .checkpoint import CKPT_SUFFIX, load_checkpoint, require_entries
 from .data.imagefolder import load_rgb
-from .data.preprocessing import apply_data_config, resolve_data_config
+from .data.preprocessing import DataConfig, apply_data_config, resolve_data_config
 from .data.transforms import create_eval_transform
-from .errors import CheckpointError, InputError, MissingFileError, WeightsError
+from .errors import CheckpointError, ConfigError, InputError, MissingFileError, SplitAttnError, WeightsError
 from .factory import create_model
-from .weights import read_state_dict, save_weights
+from .models.registry import check_model_name, resolve_name, short_repr, validate_arch_kwargs
+from .weights import check_state_dict, json_metadata, read_state_dict, save_weights
 
 WEIGHTS_SUFFIX = ".safetensors"
+MAX_IMAGE_SIDE = 8192
+"""Largest eval resize a file may ask for (the released models use at most 448)."""
 
 
 @lru_cache(maxsize=1)
@@ -41,77 +45,144 @@ def imagenet_classes() -> list[str]:
     return list(_imagenet_classes())
 
 
-def _entry(ck: Mapping[str, Any], key: str, path: Path) -> Any:
-    if key not in ck or ck[key] is None:
-        raise CheckpointError(f"checkpoint {path} has no {key!r} entry; is it a classification checkpoint "
-                              "of `splitattn train`?")
-    return ck[key]
+@dataclass(frozen=True)
+class _Arch:
+    """What a file records to rebuild its model, validated."""
+
+    name: str
+    kwargs: dict[str, Any]
+    classes: list[str] | None
+    eval_cfg: DataConfig | None
 
 
-def _model_kwargs(kwargs: Any, path: Path) -> dict[str, Any]:
-    """The stored constructor arguments, refused when they could make ``create_model`` load weights."""
-    if not isinstance(kwargs, Mapping):
-        raise InputError(f"{path} stores model_kwargs as a {type(kwargs).__name__}, expected a mapping")
-    if "pretrained" in kwargs:
-        # A file must not be able to make loading it fetch or read other weights.
-        raise InputError(f"{path} stores a 'pretrained' entry in its model_kwargs, which could load other "
-                         "weights (or download them); remove it from the file's model_kwargs")
-    return dict(kwargs)
+def _arch(values: Mapping[str, Any], model_name: str | None, source: str,
+          error: type[SplitAttnError]) -> _Arch:
+    """Validate the ``model_name``, ``model_kwargs``, ``classes`` and ``eval_cfg`` a file records.
+
+    Nothing in them may name a file or URL or make loading allocate without bound: the constructor
+    arguments go through :func:`~splitattn.models.registry.validate_arch_kwargs`.
+    """
+    if model_name is not None:
+        name = resolve_name(model_name)  # the caller's name: an InputError listing close names
+    elif values.get("model_name") is None:
+        raise error(f"{source} does not record its model; pass the model name (--model NAME)")
+    else:
+        name = check_model_name(values["model_name"], source, error)
+    stored = values.get("model_kwargs")
+    kwargs = validate_arch_kwargs(name, {} if stored is None else stored, source, error)
+    classes = values.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not classes
+                                or not all(isinstance(c, str) for c in classes)):
+        raise error(f"{source}: 'classes' must be a non-empty list of class names (strings), got "
+                    f"{short_repr(classes)}")
+    eval_cfg = values.get("eval_cfg")
+    return _Arch(name, kwargs, classes, None if eval_cfg is None else _eval_cfg(eval_cfg, source, error))
+
+
+def _eval_cfg(value: Any, source: str, error: type[SplitAttnError]) -> DataConfig:
+    """A stored ``eval_cfg`` as a :class:`DataConfig`, with finite statistics and a bounded image size."""
+    if not isinstance(value, Mapping):
+        raise error(f"{source}: 'eval_cfg' must be a mapping, got {type(value).__name__}")
+    try:
+        cfg = DataConfig.from_dict(value)
+    except (ConfigError, TypeError, ValueError, OverflowError, IndexError, KeyError) as e:
+        raise error(f"{source}: 'eval_cfg' is invalid ({str(e)[:200]})") from e
+    if not all(math.isfinite(v) for v in (*cfg.mean, *cfg.std)):
+        raise error(f"{source}: 'eval_cfg' mean/std must be finite, got {cfg.mean}, {cfg.std}")
+    try:
+        resize = cfg.resize_size
+    except OverflowError:  # crop_pct so small that crop / crop_pct is infinite
+        resize = math.inf
+    if resize > MAX_IMAGE_SIDE:
+        raise error(f"{source}: 'eval_cfg' resizes images to {resize} px (img_size "
+                    f"{cfg.crop_size} / crop_pct {cfg.crop_pct:g}), over the limit of {MAX_IMAGE_SIDE}")
+    return cfg
+
+
+def _num_classes(sd: Mapping[str, torch.Tensor], classes: list[str] | None, source: str,
+                 error: type[SplitAttnError]) -> int:
+    """The classifier size: the class list's, which must match ``fc.weight``; else ``fc.weight``'s rows."""
+    fc = sd.get("fc.weight")
+    if fc is not None and fc.ndim != 2:
+        raise error(f"{source}: 'fc.weight' has shape {tuple(fc.shape)}, expected (classes, features)")
+    if classes is None:
+        return int(fc.shape[0]) if fc is not None else 1000
+    if fc is None or fc.shape[0] != len(classes):
+        rows = "no 'fc.weight'" if fc is None else f"an 'fc.weight' of {fc.shape[0]} rows"
+        raise error(f"{source} records {len(classes)} class names but has {rows}: the file is inconsistent")
+    return len(classes)
+
+
+def _build(arch: _Arch, num_classes: int, source: str, error: type[SplitAttnError],
+           pretrained: Path | bool = False) -> nn.Module:
+    """``create_model`` of a file's architecture, its eval preprocessing applied."""
+    try:
+        model = create_model(arch.name, pretrained=pretrained, num_classes=num_classes, **arch.kwargs)
+    except SplitAttnError:
+        raise
+    except (ValueError, RuntimeError) as e:  # e.g. a width not divisible by the groups
+        raise error(f"{source}: its stored model arguments do not build {arch.name!r} "
+                    f"({str(e)[:200]})") from e
+    if arch.eval_cfg is not None:
+        apply_data_config(model, arch.eval_cfg)
+    return model
+
+
+def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """``model.load_state_dict(state)``, every key and shape matching, or a CheckpointError ``what (...)``."""
+    try:
+        res = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # torch's message: a title line, then one line per mismatch
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise CheckpointError(f"{what} ({(lines[1] if len(lines) > 1 else str(e))[:300]})") from e
+    if res.missing_keys or res.unexpected_keys:
+        kinds = (("missing", res.missing_keys), ("unexpected", res.unexpected_keys))
+        parts = [f"{len(keys)} {kind} keys (e.g. {', '.join(k[:80] for k in keys[:3])})"
+                 for kind, keys in kinds if keys]
+        raise CheckpointError(f"{what}: {'; '.join(parts)}")
 
 
 def _classification_checkpoint(path: Path, ema: bool, model_name: str | None = None,
                                ) -> tuple[nn.Module, list[str], dict[str, Any]]:
-    """``(model with the eval preprocessing, class names, raw checkpoint)`` of a ``splitattn train`` run."""
+    """``(model with the eval preprocessing, class names, export metadata)`` of a ``splitattn train`` run."""
     ck = load_checkpoint(path)
     task = ck.get("task", "classification")
-    if task != "classification":
-        raise CheckpointError(f"checkpoint {path} is a {task} checkpoint; `splitattn tasks` evaluates it")
-    name = model_name or _entry(ck, "model_name", path)
-    classes = [str(c) for c in _entry(ck, "classes", path)]
-    model = create_model(name, num_classes=len(classes), **_model_kwargs(ck.get("model_kwargs") or {}, path))
+    if not isinstance(task, str) or task != "classification":
+        raise CheckpointError(f"checkpoint {path} is a {str(task)[:40]} checkpoint, not a classification "
+                              "one; `splitattn tasks` evaluates it")
+    require_entries(ck, ("classes", "model"), path)
     if ema and ck.get("model_ema") is None:
         raise CheckpointError(f"checkpoint {path} has no EMA weights (the run did not use --ema); drop --ema")
-    state = _entry(ck, "model_ema" if ema else "model", path)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"the weights in checkpoint {path} do not fit model {name!r} "
-                              f"({str(e).splitlines()[0]})") from e
-    if ck.get("eval_cfg"):
-        apply_data_config(model, resolve_data_config(ck["eval_cfg"]))
-    return model, classes, ck
-
-
-def _json_meta(meta: Mapping[str, str], key: str, path: Path) -> Any:
-    if key not in meta:
-        return None
-    try:
-        return json.loads(meta[key])
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{path}: metadata entry {key!r} is not valid JSON ({e})") from e
+    source = f"checkpoint {path}"
+    arch = _arch(ck, model_name, source, CheckpointError)
+    key = "model_ema" if ema else "model"
+    state = check_state_dict(ck[key], f"checkpoint {path} entry {key!r}", CheckpointError)
+    model = _build(arch, _num_classes(state, arch.classes, source, CheckpointError), source, CheckpointError)
+    _load_strict(model, state, f"the weights in checkpoint {path} do not fit model {arch.name!r}")
+    counters = {k: ck.get(k) if type(ck.get(k)) is int else None for k in ("epoch", "step")}
+    meta = {"model_name": arch.name, "model_kwargs": arch.kwargs, "classes": arch.classes, **counters}
+    return model, arch.classes or [], meta
 
 
 def _weights_file(path: Path, model_name: str | None) -> tuple[nn.Module, list[str]]:
     sd, meta = read_state_dict(path)
-    kwargs = _model_kwargs(_json_meta(meta, "model_kwargs", path) or {}, path)
-    name = model_name or meta.get("model_name")
-    if not name:
-        raise InputError(f"{path} does not record its model; pass the model name (--model NAME)")
-    classes = _json_meta(meta, "classes", path)
-    fc = sd.get("fc.weight")
-    num_classes = len(classes) if classes else (int(fc.shape[0]) if fc is not None else 1000)
-    model = create_model(name, pretrained=path, num_classes=num_classes, **kwargs)
-    if not classes:
-        classes = imagenet_classes() if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
-    eval_cfg = _json_meta(meta, "eval_cfg", path)
-    if eval_cfg:
-        apply_data_config(model, resolve_data_config(eval_cfg))
-    return model, [str(c) for c in classes]
+    values = {k: json_metadata(meta, k, path) for k in ("model_kwargs", "classes", "eval_cfg")}
+    source = f"weights file {path}"
+    arch = _arch({**values, "model_name": meta.get("model_name")}, model_name, source, WeightsError)
+    num_classes = _num_classes(sd, arch.classes, source, WeightsError)
+    model = _build(arch, num_classes, source, WeightsError, pretrained=path)
+    classes = arch.classes or (imagenet_classes() if num_classes == 1000
+                               else [f"class_{i}" for i in range(num_classes)])
+    return model, classes
 
 
 def load_for_inference(weights: str | os.PathLike, model_name: str | None = None, ema: bool = False,
                        ) -> tuple[nn.Module, list[str]]:
     """``(model in eval mode, class names)`` from a ``.ckpt`` of ``splitattn train`` or a weights file.
+
+    The model name, constructor arguments, class names and eval preprocessing the file records are
+    validated before use: a file can never name other weights to load, an unknown argument, or a size
+    without bound.
 
     Args:
         weights: a training checkpoint (``.ckpt``), a safetensors file of :func:`export_weights`, or an
@@ -124,9 +195,10 @@ def load_for_inference(weights: str | os.PathLike, model_name: str | None = None
 
     Raises:
         MissingFileError: ``weights`` does not exist.
-        CheckpointError: the checkpoint lacks an entry (named) or its weights do not fit the model.
-        InputError: the file records no model name and none was given, or its stored model arguments
-            contain ``pretrained``.
+        CheckpointError: the checkpoint is unreadable, lacks an entry, records invalid metadata or its
+            weights do not fit the model (the message names the file and the entry).
+        WeightsError: the same for a weights file.
+        InputError: ``ema`` for a weights file, or an unknown ``model_name``.
     """
     path = Path(weights)
     if not path.is_file():
@@ -149,7 +221,9 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, ema: b
 
     Raises:
         InputError: ``out`` is the checkpoint itself or is not named ``*.safetensors``.
-        CheckpointError: the checkpoint lacks an entry (named) or is not a classification checkpoint.
+        MissingFileError: ``checkpoint`` does not exist.
+        CheckpointError: the checkpoint is unreadable, lacks an entry (named), records invalid metadata,
+            or is not a classification checkpoint.
     """
     src, dst = Path(checkpoint), Path(out)
     if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
@@ -158,11 +232,9 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, ema: b
         raise InputError(f"export-weights writes safetensors; name the output {dst.stem}{WEIGHTS_SUFFIX} "
                          f"instead of {dst.name}" + (" (a .ckpt name is for training checkpoints)"
                                                      if dst.suffix == CKPT_SUFFIX else ""))
-    model, classes, ck = _classification_checkpoint(src, ema)
-    meta = {"model_name": ck["model_name"], "model_kwargs": ck.get("model_kwargs") or {}, "classes": classes,
-            "eval_cfg": resolve_data_config(model).to_dict(), "epoch": ck.get("epoch"),
-            "step": ck.get("step"), "ema": ema}
-    return save_weights(model, dst, metadata=meta)
+    model, _, meta = _classification_checkpoint(src, ema)
+    return save_weights(model, dst, metadata={**meta, "eval_cfg": resolve_data_config(model).to_dict(),
+                                              "ema": ema})
 
 
 @torch.inference_mode()

@@ -1,0 +1,265 @@
+"""Downloading weights into a cache, the way torch.hub and huggingface_hub do it.
+
+* The cache entry is derived from the whole URL (``<cache>/<sha256(url)[:16]>/<file name>``), so two
+  URLs ending in the same file name never share an entry; a file named ``<name>-<hex>.<ext>`` whose hex
+  is the expected SHA-256 prefix goes to ``<cache>/<file name>`` (torch.hub's layout), since its content
+  is pinned by the hash.
+* Connect and read timeouts (:data:`DOWNLOAD_TIMEOUT`, ``$SPLITATTN_DOWNLOAD_TIMEOUT``) and a size cap
+  (the expected size when known, else :data:`MAX_DOWNLOAD_BYTES`, ``$SPLITATTN_MAX_DOWNLOAD_BYTES``): a
+  ``Content-Length`` over the cap is refused before reading, a body growing past it is cut off.
+* The body goes to a temp file in the cache folder (:func:`splitattn.fileio.atomic_write`), moved into
+  place only once complete and, when a hash is expected, matching it; every failure (timeout, size, hash,
+  HTTP error, Ctrl-C) removes it.
+* At most :data:`MAX_REDIRECTS` redirects, only to http(s) URLs, never in a loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urldefrag, urljoin, urlparse
+
+import torch
+
+from .errors import ConfigError, WeightsError
+from .fileio import atomic_write
+
+log = logging.getLogger("splitattn")
+
+DOWNLOAD_TIMEOUT = 60.0
+"""Seconds to wait for the connection and for each read (``$SPLITATTN_DOWNLOAD_TIMEOUT`` overrides)."""
+MAX_DOWNLOAD_BYTES = 4 * 1024**3
+"""Largest download when its size is not known in advance (``$SPLITATTN_MAX_DOWNLOAD_BYTES`` overrides)."""
+MAX_REDIRECTS = 5
+_CHUNK = 1 << 16
+_HASHED_NAME = re.compile(r"-([a-f0-9]{8,64})\.[A-Za-z0-9]+$")
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights go: ``$SPLITATTN_CACHE`` or ``<torch hub dir>/checkpoints``."""
+    env = os.environ.get("SPLITATTN_CACHE")
+    return Path(env) if env else Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def url_file_name(url: str) -> str:
+    """The last path segment of ``url``, reduced to ``[A-Za-z0-9._-]`` (never ``..``, never empty)."""
+    name = os.path.basename(urlparse(url).path)
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:200]
+    return name or "download"
+
+
+def hash_prefix_in_name(url: str) -> str | None:
+    """The SHA-256 prefix of a torch.hub-style file name ``<name>-<hex digits>.<ext>``, or None."""
+    m = _HASHED_NAME.search(url_file_name(url))
+    return m.group(1) if m else None
+
+
+def cache_path(url: str, hash_prefix: str | None = None) -> Path:
+    """The cache file of ``url``: torch.hub's ``<cache>/<name>`` when the name carries ``hash_prefix``,
+    else ``<cache>/<sha256(url)[:16]>/<name>`` (the fragment is not part of the key)."""
+    url = urldefrag(url).url
+    name = url_file_name(url)
+    if hash_prefix and hash_prefix_in_name(url) == hash_prefix:
+        return cache_dir() / name
+    return cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+
+
+def _env_number(var: str, default: float, kind: type) -> Any:
+    raw = os.environ.get(var)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not value > 0 or value == float("inf"):
+        raise ConfigError(f"${var} must be a positive {'integer' if kind is int else 'number'}, got {raw!r}")
+    return value
+
+
+def download_timeout() -> float:
+    """Connect/read timeout in seconds: ``$SPLITATTN_DOWNLOAD_TIMEOUT`` or :data:`DOWNLOAD_TIMEOUT`."""
+    return _env_number("SPLITATTN_DOWNLOAD_TIMEOUT", DOWNLOAD_TIMEOUT, float)
+
+
+def max_download_bytes() -> int:
+    """Size cap of a download of unknown size: ``$SPLITATTN_MAX_DOWNLOAD_BYTES`` or the default."""
+    return _env_number("SPLITATTN_MAX_DOWNLOAD_BYTES", MAX_DOWNLOAD_BYTES, int)
+
+
+def _redirect_chain(req: urllib.request.Request, newurl: str) -> list[str]:
+    return [*getattr(req, "splitattn_chain", [req.full_url]), newurl]
+
+
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows at most :data:`MAX_REDIRECTS` redirects, to http(s) only, and refuses loops."""
+
+    def http_error_302(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                       headers: Any) -> Any:
+        target = headers.get("location") or headers.get("uri") or ""
+        chain = _redirect_chain(req, urljoin(req.full_url, target))
+        problem = None
+        if urlparse(chain[-1]).scheme not in ("http", "https"):
+            problem = f"a redirect to a non-HTTP(S) URL ({chain[-1]}) is refused"
+        elif chain[-1] in chain[:-1]:
+            problem = f"the redirects loop ({' -> '.join(chain)})"
+        elif len(chain) - 1 > MAX_REDIRECTS:
+            problem = f"more than {MAX_REDIRECTS} redirects ({' -> '.join(chain[:3])} -> ...)"
+        if problem:
+            fp.close()
+            raise WeightsError(f"could not download {chain[0]}: {problem}")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.splitattn_chain = _redirect_chain(req, newurl)  # type: ignore[attr-defined]
+        return new
+
+
+def _open(url: str, timeout: float) -> http.client.HTTPResponse:
+    if urlparse(url).scheme not in ("http", "https", "file"):
+        raise WeightsError(f"cannot download {url}: only http(s):// and file:// URLs are supported")
+    opener = urllib.request.build_opener(_RedirectHandler)
+    req = urllib.request.Request(url, headers={"User-Agent": "splitattn"})
+    return opener.open(req, timeout=timeout)
+
+
+def _content_length(resp: Any) -> int | None:
+    try:
+        value = int(resp.headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _copy_body(resp: Any, tmp: str, url: str, cap: int, length: int | None, progress: bool) -> str:
+    """Stream ``resp`` into ``tmp``, at most ``cap`` bytes and exactly ``length`` when given.
+
+    Returns:
+        The hex SHA-256 of what was written.
+    """
+    h, total = hashlib.sha256(), 0
+    bar = _progress_bar(length, url) if progress else None
+    try:
+        with open(tmp, "wb") as f:
+            while block := resp.read(_CHUNK):
+                total += len(block)
+                if total > cap:
+                    raise WeightsError(f"download of {url} stopped: the body grew past {cap:,} bytes, the "
+                                       "limit; set $SPLITATTN_MAX_DOWNLOAD_BYTES to allow more")
+                h.update(block)
+                f.write(block)
+                if bar is not None:
+                    bar.update(len(block))
+    finally:
+        if bar is not None:
+            bar.close()
+    if length is not None and total != length:
+        raise WeightsError(f"download of {url} is incomplete: got {total:,} of {length:,} bytes; try again")
+    return h.hexdigest()
+
+
+def _progress_bar(total: int | None, url: str) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=url_file_name(url))
+
+
+def _fetch(url: str, dst: Path, hash_prefix: str | None, timeout: float, cap: int,
+           expected_size: int | None, progress: bool) -> None:
+    """Download ``url`` to ``dst`` through a temp file, checking size and hash; see :func:`download`."""
+    log.info("downloading %s to %s", url, dst)
+    with _open(url, timeout) as resp:
+        length = _content_length(resp)
+        if expected_size is not None and length is not None and length != expected_size:
+            raise WeightsError(f"{url} is {length:,} bytes (Content-Length), expected {expected_size:,}: "
+                               "not the expected file")
+        if length is not None and length > cap:
+            raise WeightsError(f"{url} is {length:,} bytes (Content-Length), over the {cap:,}-byte limit; "
+                               "set $SPLITATTN_MAX_DOWNLOAD_BYTES to allow more")
+
+        def write(tmp: str) -> None:
+            want = length if length is not None else expected_size
+            digest = _copy_body(resp, tmp, url, cap, want, progress)
+            if hash_prefix and not digest.startswith(hash_prefix):
+                raise WeightsError(f"SHA-256 hash mismatch for {url}: expected a prefix {hash_prefix}, got "
+                                   f"{digest[:max(len(hash_prefix), 12)]}...; the download was deleted")
+
+        atomic_write(dst, write)  # removes its temp file on every failure, Ctrl-C included
+
+
+def download(url: str, hash_prefix: str | None = None, progress: bool = False, *,
+             timeout: float | None = None, max_bytes: int | None = None,
+             expected_size: int | None = None) -> Path:
+    """Download ``url`` into :func:`cache_dir` (once) and check its SHA-256 prefix.
+
+    A cached file is re-checked on every call when a hash is given, so a corrupt entry is reported,
+    not used.
+
+    Args:
+        url: an ``http(s)://`` (or ``file://``) URL.
+        hash_prefix: leading hex digits the file's SHA-256 must have.
+        progress: show a progress bar (when tqdm is installed).
+        timeout: seconds to wait to connect and for each read; default :func:`download_timeout`.
+        max_bytes: size cap when ``expected_size`` is not given; default :func:`max_download_bytes`.
+        expected_size: the exact size of the file, when known.
+
+    Returns:
+        The cached file (:func:`cache_path`).
+
+    Raises:
+        WeightsError: HTTP error, timeout, too large, redirect loop, incomplete or wrong hash; the message
+            names the URL, and no partial file is left behind.
+    """
+    dst = cache_path(url, hash_prefix)
+    if not dst.is_file():
+        timeout = download_timeout() if timeout is None else timeout
+        if expected_size is not None:
+            cap = expected_size
+        else:
+            cap = max_bytes if max_bytes is not None else max_download_bytes()
+        try:
+            _fetch(url, dst, hash_prefix, timeout, cap, expected_size, progress)
+        except urllib.error.HTTPError as e:
+            raise WeightsError(f"could not download {url}: HTTP {e.code} {e.reason}") from e
+        except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError) as e:
+            reason = e.reason if isinstance(e, urllib.error.URLError) else e
+            if isinstance(reason, TimeoutError) or isinstance(e, TimeoutError):
+                raise WeightsError(f"could not download {url}: no answer within the {timeout:g} s timeout; "
+                                   "check the network or raise $SPLITATTN_DOWNLOAD_TIMEOUT") from e
+            raise WeightsError(f"could not download {url}: {reason or type(e).__name__}. Download the file "
+                               "by hand and pass its local path as pretrained=PATH") from e
+    if hash_prefix:
+        digest = sha256_file(dst)
+        if not digest.startswith(hash_prefix):
+            raise WeightsError(
+                f"cached weights {dst} have SHA-256 {digest[:12]}..., expected a prefix {hash_prefix}: "
+                "the file is corrupt or not the release; delete it to download again"
+            )
+    return dst
+
+
+__all__ = ["DOWNLOAD_TIMEOUT", "MAX_DOWNLOAD_BYTES", "MAX_REDIRECTS", "cache_dir", "cache_path", "download",
+           "download_timeout", "hash_prefix_in_name", "max_download_bytes", "sha256_file", "url_file_name"]
