@@ -111,7 +111,7 @@ def test_detector_train_and_eval_on_synthetic_coco(name, shapes):
         head_norm="groupnorm",
         **SMALL,
     )
-    images, targets = detection_collate([shapes[0], shapes[1]])
+    images, targets, _ = detection_collate([shapes[0], shapes[1]])
     assert targets[0]["masks"].shape[0] == targets[0]["boxes"].shape[0] > 0
     model.train()
     losses = model(images, targets)

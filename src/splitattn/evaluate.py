@@ -6,6 +6,7 @@ padding) and the sums are all-reduced, so every process returns the metrics of t
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .amp import autocast
 from .data.imagefolder import ImageFolderDataset, collate_skip_bad
 from .data.preprocessing import resolve_data_config
-from .data.transforms import create_eval_transform, detection_collate
+from .data.transforms import create_eval_transform, detection_collate, segmentation_collate
 from .distributed import all_reduce_sum, is_dist
 from .errors import DataError, MissingFileError, SplitAttnError, worker_error
 from .metrics import SegmentationMetric, coco_evaluate, to_coco_results, topk_hits
@@ -29,6 +30,8 @@ from .predict import imagenet_classes, load_for_inference
 
 if TYPE_CHECKING:
     from .data.coco import CocoDetection
+
+log = logging.getLogger("splitattn")
 
 
 def shard_dataset(dataset: Dataset, rank: int | None = None, world_size: int | None = None) -> Dataset:
@@ -119,7 +122,8 @@ def evaluate_detection(model: nn.Module, dataset: CocoDetection, device: torch.d
                        ) -> dict[str, dict[str, float]]:
     """COCO bbox (and segm for mask models) mAP of a torchvision-style detector on ``dataset``.
 
-    Each process runs its shard; results are gathered and every process gets the same metrics.
+    Each process runs its shard; results are gathered and every process gets the same metrics. Images
+    that a ``skip_bad_images`` dataset could not read are left out of the evaluation (with a warning).
 
     Returns:
         ``{"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl"}[, "segm": {...}]}`` in [0, 1].
@@ -131,21 +135,28 @@ def evaluate_detection(model: nn.Module, dataset: CocoDetection, device: torch.d
     loader = DataLoader(shard_dataset(dataset), batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=detection_collate)
     results: list[dict[str, Any]] = []
+    image_ids: list[int] = []
     has_mask = False
-    for images, targets in loader:
+    for images, targets, _ in loader:
+        if not images:
+            continue
         with autocast(device, amp):
             outputs = net([im.to(device) for im in images])
         outputs = [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in outputs]
         has_mask = has_mask or any("masks" in o for o in outputs)
-        results += to_coco_results(outputs, [t["image_id"] for t in targets], dataset.label_to_cat_id)
+        ids = [t["image_id"] for t in targets]
+        image_ids += ids
+        results += to_coco_results(outputs, ids, dataset.label_to_cat_id)
     if is_dist():
         gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
+        dist.all_gather_object(gathered, (results, image_ids))
+        results = [r for part, _ in gathered for r in part]
+        image_ids = [i for _, part in gathered for i in part]
         has_mask = bool(all_reduce_sum(torch.tensor(int(has_mask))).item())
     net.train(was_training)
+    _warn_skipped(len(dataset) - len(image_ids), "detection")
     return coco_evaluate(dataset.coco, results, ("bbox", "segm") if has_mask else ("bbox",),
-                         image_ids=dataset.ids)
+                         image_ids=image_ids)
 
 
 @torch.inference_mode()
@@ -156,17 +167,22 @@ def evaluate_segmentation(model: nn.Module, dataset: Dataset, num_classes: int,
 
     Args:
         model: ``(1, 3, H, W) -> {"out": (1, K, h, w)}`` (torchvision segmentation models).
-        dataset: yields ``(image (3, H, W), label (H, W))``.
+        dataset: yields ``(image (3, H, W), label (H, W))``, or ``None`` for an unreadable image (skipped).
 
     Returns:
-        ``{"pixel_acc", "mIoU", "iou": per-class list}``.
+        ``{"pixel_acc", "mIoU", "iou": per-class list, "skipped": unreadable images left out}``.
     """
     net = unwrap_model(model)
     was_training = net.training
     net.eval()
     device = torch.device(device)
     metric = SegmentationMetric(num_classes, ignore_index)
-    for image, label in DataLoader(shard_dataset(dataset), batch_size=1, shuffle=False, num_workers=workers):
+    skipped = 0
+    for image, label, n_bad in DataLoader(shard_dataset(dataset), batch_size=1, shuffle=False,
+                                          num_workers=workers, collate_fn=segmentation_collate):
+        skipped += n_bad
+        if not len(image):
+            continue
         with autocast(device, amp):
             logits = net(image.to(device))["out"].float()
         if logits.shape[-2:] != label.shape[-2:]:
@@ -174,7 +190,14 @@ def evaluate_segmentation(model: nn.Module, dataset: Dataset, num_classes: int,
         metric.update(logits.argmax(1).cpu(), label)
     metric.reduce(all_reduce_sum)
     net.train(was_training)
-    return metric.compute()
+    n_skipped = int(all_reduce_sum(torch.tensor(skipped)).item())
+    _warn_skipped(n_skipped, "segmentation")
+    return {**metric.compute(), "skipped": n_skipped}
+
+
+def _warn_skipped(n: int, what: str) -> None:
+    if n:
+        log.warning("%s evaluation left out %d unreadable image(s) (skip_bad_images)", what, n)
 
 
 def _class_remap(folder_classes: Sequence[str], classes: Sequence[str], folder: Path,

@@ -16,7 +16,7 @@ from torchvision import datasets, tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DataError, MissingFileError
-from .imagefolder import load_rgb
+from .imagefolder import SKIP_HINT, load_rgb, read_or_skip
 
 
 class _CocoImages(datasets.CocoDetection):
@@ -35,7 +35,7 @@ class _CocoImages(datasets.CocoDetection):
         self.cat_ids = set(self.coco.getCatIds())
 
     def _load_image(self, id: int) -> Image.Image:
-        return load_rgb(os.path.join(self.root, self.coco.imgs[id]["file_name"]))
+        return load_rgb(os.path.join(self.root, self.coco.imgs[id]["file_name"]), SKIP_HINT)
 
     def _load_target(self, id: int) -> list[dict[str, Any]]:
         anns = []
@@ -64,7 +64,9 @@ class CocoDetection(Dataset):
         masks: decode polygons / RLE into ``target["masks"]`` (``(N, H, W)`` uint8) for Mask R-CNN.
         keep_crowd: keep ``iscrowd=1`` objects in the targets (default: dropped, as detectron2 does for
             training; COCOeval still uses them from the json to ignore matching detections).
-        remove_empty: skip images without any (non-crowd) object, for training.
+        remove_empty: leave out images without any (non-crowd) object, for training.
+        skip_bad_images: return ``None`` for an unreadable image instead of raising
+            (:func:`~.transforms.detection_collate` drops and counts them).
 
     Items:
         ``(image (3, H, W), {"boxes": (N, 4) xyxy float, "labels": (N,) int64 in 1..K, "masks"?,
@@ -75,7 +77,7 @@ class CocoDetection(Dataset):
     Raises:
         MissingFileError: the annotation file or image folder does not exist.
         DataError: the json is not a COCO instances file, or names an unknown category.
-        BadImageError: an image is missing or unreadable (when the item is read).
+        BadImageError: an image is missing, unreadable or too large (when the item is read), naming it.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class CocoDetection(Dataset):
         masks: bool = False,
         keep_crowd: bool = False,
         remove_empty: bool = False,
+        skip_bad_images: bool = False,
     ) -> None:
         image_dir, ann_file = Path(image_dir), Path(ann_file)
         if not ann_file.is_file():
@@ -104,6 +107,7 @@ class CocoDetection(Dataset):
         self.cat_id_to_label = {c: i for i, c in enumerate(self.label_to_cat_id) if i > 0}
         self.class_names = ["__background__"] + [self.coco.cats[c]["name"] for c in self.label_to_cat_id[1:]]
         self.transforms, self.masks, self.keep_crowd = transforms, masks, keep_crowd
+        self.skip_bad_images = skip_bad_images
         keys = {"image_id", "boxes", "labels", "area", "iscrowd"} | ({"masks"} if masks else set())
         self._data = datasets.wrap_dataset_for_transforms_v2(base, target_keys=keys)
 
@@ -136,7 +140,10 @@ class CocoDetection(Dataset):
             target["masks"] = tv_tensors.Mask(m[keep])
         return target
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]] | None:
+        return read_or_skip(self._read, index, self.skip_bad_images)
+
+    def _read(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         pil, raw = self._data[index]
         image = TF.to_image(pil)
         target = self._target(raw, *image.shape[-2:])

@@ -4,7 +4,9 @@ reader of the data package, with errors that name the folder or file at fault an
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,15 +15,17 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import DatasetFolder
-from torchvision.datasets.folder import make_dataset
+from torchvision.datasets.folder import has_file_allowed_extension
 
 from ..errors import BadImageError, ConfigError, DataError, MissingFileError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
-SKIP_HINT = "delete or replace it, or pass --skip-bad-images to skip such files"
+SKIP_HINT = "delete or replace it, or set skip_bad_images (--skip-bad-images) to skip such files"
 
 T = TypeVar("T")
+
+log = logging.getLogger("splitattn")
 
 
 def decode_image_file(path: str | os.PathLike, decode: Callable[[Image.Image], T], what: str = "image",
@@ -29,15 +33,19 @@ def decode_image_file(path: str | os.PathLike, decode: Callable[[Image.Image], T
     """Open ``path`` with PIL and return ``decode(image)``, run while the file is open.
 
     Raises:
-        BadImageError: the file is missing, cannot be decoded (corrupt or truncated), or exceeds PIL's
-            decompression-bomb limit; the message names the file and ends with ``hint``.
+        BadImageError: the file is missing, cannot be decoded (corrupt or truncated), or has more pixels
+            than ``PIL.Image.MAX_IMAGE_PIXELS`` (a decompression bomb); the message names the file and ends
+            with ``hint``.
     """
     try:
-        with Image.open(path) as im:
-            return decode(im)
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that, then decodes the whole image anyway.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return decode(im)
     except FileNotFoundError as e:
         raise BadImageError(f"{what} {path} does not exist; check the dataset folder, or {hint}") from e
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImageError(
             f"{what} {path} is too large to decode safely ({e}); shrink it, or raise "
             f"PIL.Image.MAX_IMAGE_PIXELS if you trust the file, or {hint}"
@@ -86,10 +94,60 @@ def find_image_classes(root: str | os.PathLike, what: str = "dataset") -> tuple[
     return classes, {c: i for i, c in enumerate(classes)}
 
 
+def _nested(a: Path, b: Path) -> bool:
+    """Whether one of two folders is the other or inside it."""
+    return a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def _walk_class_folder(top: str, roots: list[Path], skipped: list[str]) -> list[tuple[str, list[str]]]:
+    """``(folder, file names)`` of ``top`` and its sub-folders, each real folder once.
+
+    A linked folder is followed only when its target is outside every folder of ``roots`` and does not
+    contain one (the class folders and the link targets already followed, which then joins them): a link
+    back to an ancestor, to a folder already scanned or into another class folder is appended to
+    ``skipped`` (as ``"link -> target"``) instead, so loops end and no image counts twice or under
+    another class.
+    """
+    out: list[tuple[str, list[str]]] = []
+    stack = [top]
+    while stack:
+        for folder, dirs, files in os.walk(stack.pop()):  # does not follow links: handled below
+            out.append((folder, files))
+            for name in dirs:
+                path = os.path.join(folder, name)
+                if not os.path.islink(path):
+                    continue
+                real = Path(os.path.realpath(path))
+                if any(_nested(real, r) for r in roots):
+                    skipped.append(f"{path} -> {real}")
+                else:
+                    roots.append(real)
+                    stack.append(path)
+    return out
+
+
 def make_image_samples(root: str | os.PathLike, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
-    """torchvision's ``make_dataset`` with :data:`IMG_EXTENSIONS`; a class folder without images is a
-    :class:`DataError` naming it."""
-    samples = make_dataset(str(root), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    """``(path, class_index)`` of every image under ``root/<class>/`` (any depth), in torchvision's
+    ``make_dataset`` order (classes, then folders, then files sorted), with :data:`IMG_EXTENSIONS`.
+
+    Linked folders are followed once each, and not when they lead back to an ancestor, to a folder
+    already scanned or into another class folder (one warning names the links skipped).
+
+    Raises:
+        DataError: a class folder without images, or a class folder that is a link to (or into) another.
+    """
+    folders = {c: os.path.join(str(root), c) for c in sorted(class_to_idx)}
+    roots = _class_folder_roots(folders)
+    skipped: list[str] = []
+    samples = []
+    for cls, folder in folders.items():
+        for sub, files in sorted(_walk_class_folder(folder, roots, skipped), key=lambda t: t[0]):
+            samples += [(os.path.join(sub, f), class_to_idx[cls]) for f in sorted(files)
+                        if has_file_allowed_extension(f, IMG_EXTENSIONS)]
+    if skipped:
+        log.warning("skipped %d linked folder(s) under %s that lead back to a folder already scanned or "
+                    "into another class folder (their images are read once, through their real path): %s",
+                    len(skipped), root, ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
     found = {t for _, t in samples}
     for name, idx in class_to_idx.items():
         if idx not in found:
@@ -98,6 +156,22 @@ def make_image_samples(root: str | os.PathLike, class_to_idx: dict[str, int]) ->
                 "add images or remove the folder"
             )
     return samples
+
+
+def _class_folder_roots(folders: dict[str, str]) -> list[Path]:
+    """The real paths of the class folders; DataError when one is (inside) another through a link."""
+    reals = {c: Path(os.path.realpath(f)) for c, f in folders.items()}
+    # Sorted by path components, the folders inside a folder come right after it: comparing neighbours
+    # finds any nesting without comparing every pair.
+    order = sorted(reals, key=lambda c: reals[c].parts)
+    for a, b in zip(order, order[1:]):
+        if reals[b].is_relative_to(reals[a]):
+            raise DataError(
+                f"class folders {folders[a]} and {folders[b]} are the same folder or one holds the other "
+                f"(through a link: {reals[a]}, {reals[b]}), so their images would count under two classes; "
+                "replace the link by a folder of its own images"
+            )
+    return list(reals.values())
 
 
 def scan_image_folder(root: str | os.PathLike, what: str = "dataset",
@@ -180,25 +254,38 @@ class ImageFolderDataset(DatasetFolder):
         return make_image_samples(directory, class_to_idx)
 
     def __getitem__(self, index: int) -> tuple[Any, int] | None:
-        try:
-            return super().__getitem__(index)
-        except BadImageError:
-            if self.skip_bad_images:
-                return None
+        return read_or_skip(super().__getitem__, index, self.skip_bad_images)
+
+
+def read_or_skip(read: Callable[[int], T], index: int, skip: bool) -> T | None:
+    """``read(index)``; when ``skip``, ``None`` instead of a :class:`BadImageError` (logged, naming the
+    file), for the collate functions to drop and count."""
+    try:
+        return read(index)
+    except BadImageError as e:
+        if not skip:
             raise
+        log.warning("skipped: %s", e)
+        return None
+
+
+def drop_skipped(batch: Sequence[T | None]) -> tuple[list[T], int]:
+    """The items of ``batch`` that are not ``None`` (unreadable, skipped), and how many were."""
+    good = [b for b in batch if b is not None]
+    return good, len(batch) - len(good)
 
 
 def collate_skip_bad(batch: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack the readable samples; returns ``(images (B, 3, H, W), targets (B,), n_skipped)``."""
-    good = [b for b in batch if b is not None]
-    n_bad = len(batch) - len(good)
+    """Stack the readable samples; returns ``(images (B, 3, H, W), targets (B,), n_skipped)``, with
+    ``B = 0`` (images ``(0, 3, 0, 0)``) when no sample could be read."""
+    good, n_bad = drop_skipped(batch)
     if not good:
-        return torch.empty(0), torch.empty(0, dtype=torch.long), n_bad
+        return torch.zeros(0, 3, 0, 0), torch.zeros(0, dtype=torch.long), n_bad
     x = torch.stack([g[0] for g in good])
     y = torch.tensor([g[1] for g in good], dtype=torch.long)
     return x, y, n_bad
 
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "check_same_classes", "collate_skip_bad",
-           "decode_image_file", "find_image_classes", "load_rgb", "make_image_samples", "resolve_split_dirs",
-           "scan_image_folder"]
+__all__ = ["IMG_EXTENSIONS", "SKIP_HINT", "ImageFolderDataset", "check_same_classes", "collate_skip_bad",
+           "decode_image_file", "drop_skipped", "find_image_classes", "load_rgb", "make_image_samples",
+           "read_or_skip", "resolve_split_dirs", "scan_image_folder"]

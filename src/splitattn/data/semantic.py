@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DataError, MissingFileError
-from .imagefolder import decode_image_file, load_rgb
+from .imagefolder import SKIP_HINT, decode_image_file, load_rgb, read_or_skip
 
 # Cityscapes labelIds -> the 19 train ids (road ... bicycle); every other id is ignored.
 CITYSCAPES_LABEL_TO_TRAIN = {
@@ -49,13 +49,14 @@ def _find_pairs(
     return pairs
 
 
-def load_label_map(path: str | os.PathLike) -> np.ndarray:
+def load_label_map(path: str | os.PathLike, hint: str = "delete or replace it") -> np.ndarray:
     """A single-channel label map as stored (``(H, W)`` ids, palette indices for ``P`` images).
 
     Raises:
-        BadImageError: the file is missing or unreadable; DataError: it has several channels.
+        BadImageError: the file is missing, unreadable or too large (the message ends with ``hint``);
+            DataError: it has several channels.
     """
-    raw = decode_image_file(path, np.asarray, "label map")
+    raw = decode_image_file(path, np.asarray, "label map", hint)
     if raw.ndim != 2:
         raise DataError(f"label map {path} has shape {raw.shape}; expected a single-channel PNG of ids")
     return raw
@@ -65,23 +66,27 @@ class _SegFolder(Dataset):
     """(image, label map) pairs with a label lookup table; subclasses find the pairs.
 
     Items: ``(image (3, H, W) float in [0, 1], label (H, W) int64)`` without ``transforms``; with one,
-    whatever ``transforms(image uint8 tv_tensors.Image, label (1, H, W) tv_tensors.Mask)`` returns.
+    whatever ``transforms(image uint8 tv_tensors.Image, label (1, H, W) tv_tensors.Mask)`` returns;
+    ``None`` for an unreadable image or label map when ``skip_bad_images``.
     """
 
     ignore_index = 255
 
-    def __init__(
-        self, pairs: list[tuple[Path, Path]], lut: np.ndarray, num_classes: int, transforms: Callable | None
-    ) -> None:
+    def __init__(self, pairs: list[tuple[Path, Path]], lut: np.ndarray, num_classes: int,
+                 transforms: Callable | None, skip_bad_images: bool) -> None:
         self.pairs, self.lut, self.num_classes, self.transforms = pairs, lut, num_classes, transforms
+        self.skip_bad_images = skip_bad_images
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return read_or_skip(self._read, index, self.skip_bad_images)
+
+    def _read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img_path, lab_path = self.pairs[index]
-        image = TF.to_image(load_rgb(img_path))
-        raw = load_label_map(lab_path)
+        image = TF.to_image(load_rgb(img_path, SKIP_HINT))
+        raw = load_label_map(lab_path, SKIP_HINT)
         if raw.shape != tuple(image.shape[-2:]):
             raise DataError(
                 f"label map {lab_path} is {raw.shape} but its image {img_path} is {tuple(image.shape[-2:])}"
@@ -107,6 +112,8 @@ class ADE20KSegmentation(_SegFolder):
         split: ``"training"`` or ``"validation"``.
         transforms: ``(image, label) -> (image, label)``, e.g. :class:`~.transforms.SegmentationTransform`.
         num_classes: 150 for ADE20K.
+        skip_bad_images: return ``None`` for an unreadable image or label map instead of raising
+            (:func:`~.transforms.segmentation_collate` drops and counts them).
     """
 
     def __init__(
@@ -115,6 +122,7 @@ class ADE20KSegmentation(_SegFolder):
         split: str = "training",
         transforms: Callable | None = None,
         num_classes: int = 150,
+        skip_bad_images: bool = False,
     ) -> None:
         root = Path(root)
         img_dir, ann_dir = root / "images" / split, root / "annotations" / split
@@ -124,16 +132,17 @@ class ADE20KSegmentation(_SegFolder):
         )
         lut = np.full(256, self.ignore_index, np.uint8)
         lut[1 : num_classes + 1] = np.arange(num_classes)
-        super().__init__(pairs, lut, num_classes, transforms)
+        super().__init__(pairs, lut, num_classes, transforms, skip_bad_images)
 
 
 class CityscapesSegmentation(_SegFolder):
     """Cityscapes layout: ``root/leftImg8bit/{split}/{city}/*_leftImg8bit.png`` and
     ``root/gtFine/{split}/{city}/*_gtFine_labelIds.png``; labelIds are mapped to the 19 train ids,
-    all others to ``ignore_index`` (255).
+    all others to ``ignore_index`` (255). Arguments as :class:`ADE20KSegmentation`'s.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", transforms: Callable | None = None) -> None:
+    def __init__(self, root: str | Path, split: str = "train", transforms: Callable | None = None,
+                 skip_bad_images: bool = False) -> None:
         root = Path(root)
         img_dir, gt_dir = root / "leftImg8bit" / split, root / "gtFine" / split
 
@@ -148,7 +157,7 @@ class CityscapesSegmentation(_SegFolder):
         lut = np.full(256, self.ignore_index, np.uint8)
         for k, v in CITYSCAPES_LABEL_TO_TRAIN.items():
             lut[k] = v
-        super().__init__(pairs, lut, len(CITYSCAPES_CLASSES), transforms)
+        super().__init__(pairs, lut, len(CITYSCAPES_CLASSES), transforms, skip_bad_images)
 
 
 __all__ = [

@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .imagefolder import drop_skipped
 from .preprocessing import INTERPOLATIONS, resolve_data_config
 
 
@@ -152,21 +153,31 @@ class SegmentationTransform:
         ).long()
 
 
-def detection_collate(batch: Sequence[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
-    """Lists of images and targets (torchvision detection models take lists of variable-size images)."""
-    images, targets = zip(*batch)
-    return list(images), list(targets)
+def detection_collate(batch: Sequence[tuple[Any, Any] | None]) -> tuple[list[Any], list[Any], int]:
+    """Lists of the readable images and targets (torchvision detection models take lists of
+    variable-size images), and the number of unreadable items (``None``) dropped.
+
+    Returns:
+        ``(images [(3, H_i, W_i)], targets [dict], n_skipped)``; empty lists when nothing was readable.
+    """
+    good, n_bad = drop_skipped(batch)
+    return [g[0] for g in good], [g[1] for g in good], n_bad
 
 
 def segmentation_collate(
-    batch: Sequence[tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[torch.Tensor, torch.Tensor]:
+    batch: Sequence[tuple[torch.Tensor, torch.Tensor] | None],
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Stack same-size crops; eval batches of different sizes are padded (image 0, label 255).
+    Unreadable items (``None``) are dropped and counted.
 
     Returns:
-        ``(images (B, 3, H, W), labels (B, H, W) int64)``.
+        ``(images (B, 3, H, W), labels (B, H, W) int64, n_skipped)``; ``B = 0`` (images ``(0, 3, 0, 0)``)
+        when nothing was readable.
     """
-    images, labels = zip(*batch)
+    good, n_bad = drop_skipped(batch)
+    if not good:
+        return torch.zeros(0, 3, 0, 0), torch.zeros(0, 0, 0, dtype=torch.long), n_bad
+    images, labels = zip(*good)
     h = max(i.shape[-2] for i in images)
     w = max(i.shape[-1] for i in images)
     lh = max(lab.shape[-2] for lab in labels)
@@ -176,7 +187,7 @@ def segmentation_collate(
     for i, (x, y) in enumerate(zip(images, labels)):
         img[i, :, : x.shape[-2], : x.shape[-1]] = x
         lab[i, : y.shape[-2], : y.shape[-1]] = y
-    return img, lab
+    return img, lab, n_bad
 
 
 __all__ = [
