@@ -19,6 +19,8 @@ Parameter names (``conv``, ``bn0``, ``fc1``, ``bn1``, ``fc2``) are those of the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from numbers import Integral, Real
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,20 @@ from torch import nn
 
 from ..errors import InputError
 from .recompute import checkpoint
+
+
+def check_int(name: str, value: Any, minimum: int, hint: str = "") -> int:
+    """``value`` if it is an integer (not a bool) >= ``minimum``, else an InputError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}{hint}")
+    return int(value)
+
+
+def check_rate(name: str, value: Any) -> float:
+    """``value`` if it is a probability in [0, 1), else an InputError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < 1:
+        raise InputError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def radix_softmax(logits: torch.Tensor, radix: int, cardinality: int) -> torch.Tensor:
@@ -56,7 +72,8 @@ class SplitAttn(nn.Module):
         kernel_size, stride, padding, dilation: of the grouped conv.
         groups: cardinality ``K``.
         radix: ``R >= 1``.
-        reduction: channel reduction of ``fc1``; ``inter = max(in_channels * R // reduction, 32)``.
+        reduction: channel reduction of ``fc1``: ``inter = max(in_channels * R // reduction, min_inter)``.
+        min_inter: the smallest attention width (32 in ResNeSt).
         norm_layer: callable ``(num_channels) -> nn.Module``.
         attn_norm_layer: norm of the pooled ``(B, inter, 1, 1)`` vector (``bn1``); defaults to
             ``norm_layer``. GroupNorm needs one group here (a LayerNorm over the vector): with one value
@@ -65,6 +82,10 @@ class SplitAttn(nn.Module):
 
     Shape:
         ``(B, in_channels, H, W) -> (B, out_channels, H', W')``.
+
+    Raises:
+        InputError: naming the argument, for a size, stride or radix below 1, or a width that the
+            ``K * R`` groups of the conv (``K`` groups of ``fc1`` / ``fc2``) do not divide.
     """
 
     def __init__(
@@ -84,14 +105,27 @@ class SplitAttn(nn.Module):
         drop_block: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if radix < 1:
-            raise InputError(f"SplitAttn needs radix >= 1, got {radix} (radix 0 is a plain grouped conv)")
-        if out_channels % groups:
-            raise InputError(f"out_channels {out_channels} is not divisible by cardinality {groups}")
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                            ("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation),
+                            ("groups", groups), ("reduction", reduction), ("min_inter", min_inter)):
+            check_int(f"SplitAttn {name}", value, 1)
+        check_int("SplitAttn padding", padding, 0)
+        check_int("SplitAttn radix", radix, 1, " (radix 0 is a plain grouped conv, not a SplitAttn)")
+        inter = max(in_channels * radix // reduction, min_inter)
+        # The grouped conv has groups * radix groups, fc1 and fc2 have `groups`: every width must divide.
+        for what, channels, g in (("in_channels", in_channels, groups * radix),
+                                  ("out_channels", out_channels, groups),
+                                  ("attention width max(in_channels * radix // reduction, min_inter)", inter,
+                                   groups)):
+            if channels % g:
+                raise InputError(
+                    f"SplitAttn {what} = {channels} is not divisible by {g} (cardinality {groups}"
+                    f"{f' x radix {radix}' if g != groups else ''}); choose a cardinality / radix / width "
+                    "that divides it"
+                )
         self.radix = radix
         self.cardinality = groups
         self.out_channels = out_channels
-        inter = max(in_channels * radix // reduction, min_inter)
         self.conv = nn.Conv2d(
             in_channels, out_channels * radix, kernel_size, stride, padding, dilation,
             groups=groups * radix, bias=False,
@@ -231,3 +265,6 @@ class _RadixWeightedSum(torch.autograd.Function):
 @torch.jit.unused
 def _radix_weighted_sum_autograd(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
     return _RadixWeightedSum.apply(x, attn, radix)
+
+
+__all__ = ["SplitAttn", "check_int", "check_rate", "radix_softmax", "radix_weighted_sum"]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputError
-from .resnest import check_input, set_grad_checkpointing
+from .resnest import check_input, set_grad_checkpointing, stem_dtype
 
 DEFAULT_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 _MODEL_PARTS = ("in_chans", "feature_info", "conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3",
@@ -118,6 +118,11 @@ class FeatureDictNet(nn.Module):
         :func:`splitattn.models.set_grad_checkpointing`."""
         set_grad_checkpointing(self, enable)
 
+    @torch.jit.unused
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise an InputError naming the problem and the fix (see :func:`.resnest.check_input`)."""
+        check_input(x, self.in_chans, self.training and self._bn_needs_batch, stem_dtype(self.conv1))
+
     def channels(self) -> list[int]:
         return [f["num_chs"] for f in self.feature_info]
 
@@ -127,7 +132,7 @@ class FeatureDictNet(nn.Module):
     def forward_dict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The one forward of both views: ``{name: map}`` in stage order (see the class docstring)."""
         if not torch.jit.is_scripting():
-            check_input(x, self.in_chans, self.training and self._bn_needs_batch)
+            self.check_input(x)
         x = self.act1(self.bn1(self.conv1(x)))
         stages = [x]
         # Unrolled (not a loop over a list of stages) so that torch.jit.script accepts it; the stages

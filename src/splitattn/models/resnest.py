@@ -16,32 +16,55 @@ from torch import nn
 from ..errors import InputError
 from ..layers import DropBlock2d, SplitAttn, checkpoint, get_norm_layer
 from ..layers.norm import NormLayer, attention_norm_layer
+from ..layers.split_attn import check_int, check_rate
 from .registry import ModelCfg, register_model
 
 MIN_INPUT_SIZE = 32
 
 
 @torch.jit.unused
-def check_input(x: torch.Tensor, in_chans: int, batch_stats: bool) -> None:
-    """Validate a ResNeSt input; ``batch_stats`` is whether BatchNorm will use batch statistics.
+def check_input(x: torch.Tensor, in_chans: int, batch_stats: bool, weight_dtype: torch.dtype | None = None,
+                ) -> None:
+    """Validate a ResNeSt input ``(B, in_chans, H, W)`` from its shape and dtype (no device sync).
+
+    ``batch_stats``: BatchNorm will use batch statistics (training mode). ``weight_dtype``: the first conv's
+    dtype; a floating input of another dtype is refused unless autocast (which casts all but float64) is
+    on for its device.
 
     Raises:
-        ValueError: naming the problem (rank, channels, size, a training batch of 1) and the fix.
+        InputError: naming the problem (rank, channels, empty batch, size, dtype, a training batch of 1)
+            and the fix.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor of shape (B, {in_chans}, H, W), got {type(x).__name__}")
+    shape = tuple(x.shape)
     if x.ndim != 4:
         hint = " (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""
-        raise InputError(f"expected a 4D input (B, {in_chans}, H, W), got shape {tuple(x.shape)}{hint}")
+        raise InputError(f"expected a 4D input (B, {in_chans}, H, W), got shape {shape}{hint}")
     if x.shape[1] != in_chans:
         raise InputError(
-            f"expected {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}): convert "
+            f"expected {in_chans} input channels, got {x.shape[1]} (shape {shape}): convert "
             f"the image, or create the model with in_chans={x.shape[1]}"
         )
+    if x.shape[0] == 0:
+        raise InputError(f"the input batch is empty (shape {shape}); call the model with 1 or more images")
     if x.shape[2] < MIN_INPUT_SIZE or x.shape[3] < MIN_INPUT_SIZE:
         raise InputError(
             f"input {x.shape[2]}x{x.shape[3]} is too small: ResNeSt downsamples by 32 and needs at least "
             f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} pixels; resize or pad the image"
+        )
+    if not x.is_floating_point():
+        raise InputError(
+            f"expected a floating-point input, got {x.dtype}: convert images to float in [0, 1] and "
+            "normalise them with the model's mean/std (splitattn.data.create_eval_transform does both)"
+        )
+    # Autocast casts every floating input but float64 to its dtype.
+    autocast = x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type)
+    if weight_dtype is not None and x.dtype != weight_dtype and not autocast:
+        raise InputError(
+            f"input dtype {x.dtype} does not match the model's {weight_dtype} weights: convert the input "
+            f"with x.to({weight_dtype}), or the model with model.to({x.dtype})"
+            + ("" if x.dtype == torch.float64 else ", or run it under torch.autocast")
         )
     if batch_stats and x.shape[0] == 1:
         raise InputError(
@@ -49,6 +72,12 @@ def check_input(x: torch.Tensor, in_chans: int, batch_stats: bool) -> None:
             "vector needs more than 1 value per channel; use a batch of at least 2, call model.eval() "
             "for inference, or build the model with norm_layer='groupnorm' or 'frozenbn'"
         )
+
+
+def stem_dtype(conv1: nn.Module) -> torch.dtype:
+    """The dtype of the first conv of a ResNeSt stem (``conv1``, or ``conv1[0]`` for the deep stem)."""
+    first = conv1[0] if isinstance(conv1, nn.Sequential) else conv1
+    return first.weight.dtype
 
 
 class ResNeStBottleneck(nn.Module):
@@ -60,6 +89,10 @@ class ResNeStBottleneck(nn.Module):
 
     Shape:
         ``(B, inplanes, H, W) -> (B, 4 * planes, H / stride, W / stride)``.
+
+    Raises:
+        InputError: naming the argument, for a size, stride, dilation or cardinality below 1, a radix
+            below 0, ``drop_block_rate`` outside [0, 1), or a bottleneck width of 0.
     """
 
     expansion = 4
@@ -81,7 +114,15 @@ class ResNeStBottleneck(nn.Module):
         drop_block_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        for name, value, minimum in (("inplanes", inplanes, 1), ("planes", planes, 1), ("stride", stride, 1),
+                                     ("radix", radix, 0), ("cardinality", cardinality, 1),
+                                     ("base_width", base_width, 1), ("dilation", dilation, 1)):
+            check_int(name, value, minimum)
+        check_rate("drop_block_rate", drop_block_rate)
         group_width = int(planes * (base_width / 64.0)) * cardinality
+        if group_width < 1:
+            raise InputError(f"the bottleneck width int(planes * base_width / 64) * cardinality is 0 for "
+                             f"{planes=}, {base_width=}; use planes * base_width >= 64")
         self.radix = radix
         use_avd = avd and (stride > 1 or is_first)
         conv_stride = 1 if use_avd else stride
@@ -149,15 +190,30 @@ class ResNeStBottleneck(nn.Module):
         return self.act3(out)
 
 
-def _stage_strides(output_stride: int) -> list[tuple[int, int, int]]:
-    """(stride, dilation, first-block dilation) for layer1..layer4, as in the official code."""
-    if output_stride == 32:
-        return [(1, 1, 1), (2, 1, 1), (2, 1, 1), (2, 1, 1)]
-    if output_stride == 16:
-        return [(1, 1, 1), (2, 1, 1), (2, 1, 1), (1, 2, 1)]
-    if output_stride == 8:
-        return [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 4, 2)]
-    raise InputError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+# (stride, dilation, first-block dilation) of layer1..layer4 for each output stride, as in the official code.
+STAGE_STRIDES = {
+    32: [(1, 1, 1), (2, 1, 1), (2, 1, 1), (2, 1, 1)],
+    16: [(1, 1, 1), (2, 1, 1), (2, 1, 1), (1, 2, 1)],
+    8: [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 4, 2)],
+}
+GLOBAL_POOLS = ("avg", "max", "avgmax", "")
+
+
+def _check_resnest_args(layers: Any, output_stride: Any, global_pool: Any, drop_rate: Any,
+                        drop_block_rate: Any, **ints: tuple[Any, int]) -> None:
+    """InputError naming the first invalid :class:`ResNeSt` argument; ``ints``: name -> (value, minimum)."""
+    if isinstance(layers, str) or not isinstance(layers, Sequence) or len(layers) != 4:
+        raise InputError(f"layers must be 4 positive integers (blocks per stage, e.g. (3, 4, 6, 3)), "
+                         f"got {layers!r}")
+    ints.update({f"layers[{i}]": (d, 1) for i, d in enumerate(layers)})
+    for name, (value, minimum) in ints.items():
+        check_int(name, value, minimum)
+    check_rate("drop_rate", drop_rate)
+    check_rate("drop_block_rate", drop_block_rate)
+    if isinstance(output_stride, bool) or output_stride not in STAGE_STRIDES:
+        raise InputError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+    if global_pool not in GLOBAL_POOLS:
+        raise InputError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
 
 
 class ResNeSt(nn.Module):
@@ -184,6 +240,12 @@ class ResNeSt(nn.Module):
 
     Shape:
         ``forward``: ``(B, in_chans, H, W) -> (B, num_classes)`` with ``H, W >= 32``.
+
+    Raises:
+        InputError: naming the argument: ``layers`` not 4 positive integers, ``in_chans``,
+            ``stem_width``, ``base_width`` or ``cardinality`` below 1, ``radix`` or ``num_classes`` below 0,
+            ``drop_rate`` / ``drop_block_rate`` outside [0, 1), ``output_stride`` not 8, 16 or 32, an unknown
+            ``global_pool``. ``forward`` raises it for an input it cannot take (see :func:`check_input`).
     """
 
     __jit_ignored_attributes__ = ["feature_info", "pretrained_cfg"]
@@ -209,10 +271,10 @@ class ResNeSt(nn.Module):
         global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        if len(layers) != 4:
-            raise InputError(f"layers must give 4 stage depths, got {list(layers)}")
-        if radix < 0 or cardinality < 1:
-            raise InputError(f"need radix >= 0 and cardinality >= 1, got {radix=}, {cardinality=}")
+        _check_resnest_args(layers, output_stride, global_pool, drop_rate, drop_block_rate,
+                            in_chans=(in_chans, 1), num_classes=(num_classes, 0), radix=(radix, 0),
+                            cardinality=(cardinality, 1), base_width=(base_width, 1),
+                            stem_width=(stem_width, 1))
         norm = get_norm_layer(norm_layer)
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -240,7 +302,7 @@ class ResNeSt(nn.Module):
         self.feature_info = [dict(num_chs=inplanes, reduction=2, module="act1")]
         reduction = 4
         for i, (planes, depth, (stride, dilation, first_dilation)) in enumerate(
-            zip((64, 128, 256, 512), layers, _stage_strides(output_stride))
+            zip((64, 128, 256, 512), layers, STAGE_STRIDES[output_stride])
         ):
             out_ch = planes * ResNeStBottleneck.expansion
             downsample = None
@@ -276,6 +338,7 @@ class ResNeSt(nn.Module):
         self._bn_needs_batch = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
 
     def _make_classifier(self, num_classes: int) -> nn.Module:
+        check_int("num_classes", num_classes, 0)
         feat = self.num_features * (2 if self.global_pool_type == "avgmax" else 1)
         return nn.Linear(feat, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -335,8 +398,8 @@ class ResNeSt(nn.Module):
 
     @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ValueError that names the problem and the fix for an input the network cannot take."""
-        check_input(x, self.in_chans, self.training and self._bn_needs_batch)
+        """Raise an InputError that names the problem and the fix for an input the network cannot take."""
+        check_input(x, self.in_chans, self.training and self._bn_needs_batch, stem_dtype(self.conv1))
 
 
 class _AvgMaxPool(nn.Module):
@@ -353,7 +416,7 @@ def _make_pool(kind: str) -> tuple[nn.Module, nn.Module]:
         return _AvgMaxPool(), nn.Flatten(1)
     if kind == "":
         return nn.Identity(), nn.Identity()
-    raise InputError(f"global_pool must be 'avg', 'max', 'avgmax' or '', got {kind!r}")
+    raise InputError(f"global_pool must be one of {GLOBAL_POOLS}, got {kind!r}")
 
 
 def set_grad_checkpointing(model: nn.Module, enable: bool | str = True) -> str:
@@ -452,4 +515,5 @@ _CFGS = [
 for _cfg in _CFGS:
     register_model(_cfg, ResNeSt)
 
-__all__ = ["ResNeSt", "ResNeStBottleneck", "check_input", "set_drop_block_prob", "MIN_INPUT_SIZE"]
+__all__ = ["GLOBAL_POOLS", "MIN_INPUT_SIZE", "ResNeSt", "ResNeStBottleneck", "check_input",
+           "set_drop_block_prob", "stem_dtype"]
