@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import SplitAttnError
+    from ..errors import Interrupted, SplitAttnError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,5 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     except SplitAttnError as e:
         if args.verbose:
             traceback.print_exc()
-        print(f"splitattn {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        kind = "stopped" if isinstance(e, Interrupted) else "error"
+        print(f"splitattn {args.command}: {kind}: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)

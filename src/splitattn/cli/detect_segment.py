@@ -12,8 +12,9 @@ def _config(args: argparse.Namespace):
     from ..engine import load_config, parse_override
 
     overrides = dict(parse_override(text) for text in args.overrides)
-    for key in ("output", "resume", "device", "amp", "max_iter", "batch_size"):
-        if getattr(args, key, None) is not None:
+    for key in ("output", "resume", "device", "amp", "max_iter", "batch_size", "overwrite",
+                "skip_bad_images"):
+        if getattr(args, key, None) not in (None, False):
             overrides[key] = getattr(args, key)
     return load_config(_TASK[args.command], args.config, overrides)
 
@@ -58,10 +59,14 @@ def _add(sub: argparse._SubParsersAction, command: str, help_text: str) -> None:
             a.add_argument(
                 "--resume", help="'auto' (latest checkpoint in the run folder) or a checkpoint path"
             )
+            a.add_argument("--overwrite", action="store_true",
+                           help="replace the run already in --output (without it, that needs --resume)")
             a.add_argument("--max-iter", dest="max_iter", type=int)
             a.add_argument("--batch-size", dest="batch_size", type=int, help="global batch")
         else:
             a.add_argument("--checkpoint", required=True, help="last.ckpt of a train run")
+        a.add_argument("--skip-bad-images", dest="skip_bad_images", action="store_true",
+                       help="drop (and count) images that cannot be read instead of stopping")
         a.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. lr=0.01")
         a.set_defaults(func=func)
 

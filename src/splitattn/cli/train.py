@@ -33,9 +33,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         v = getattr(args, flag.lstrip("-").replace("-", "_"))
         if v is not None:
             out[key] = v
-    for flag, key in (("channels_last", "channels_last"), ("compile", "compile"), ("ema", "ema"),
-                      ("sync_bn", "sync_bn"), ("skip_bad_images", "skip_bad_images")):
-        if getattr(args, flag):
+    for key in ("channels_last", "compile", "ema", "sync_bn", "skip_bad_images", "overwrite"):
+        if getattr(args, key):
             out[key] = True
     if args.no_progress_bar:
         out["progress_bar"] = False
@@ -68,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="skip unreadable images (and report how many) instead of stopping")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --output (without it, training there needs --resume)")
     p.add_argument("--no-progress-bar", action="store_true", help="plain progress lines even on a terminal")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="any config key (may appear anywhere, repeatable)")

@@ -47,6 +47,8 @@ class RunConfig:
     model_kwargs: dict[str, Any] = _key({})
     output: str | None = None                  # run folder (checkpoints, config.yaml, metrics.jsonl)
     resume: str | None = None                  # auto | PATH
+    overwrite: bool = False                    # replace the run already in the output folder
+    skip_bad_images: bool = False              # drop (and count) unreadable images instead of stopping
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
     seed: int = _key(0, lo=0)
     deterministic: bool = False
@@ -93,7 +95,6 @@ class ClassificationConfig(RunConfig):
     auto_augment: Literal["imagenet", "cifar10", "svhn"] | None = "imagenet"
     color_jitter: float = _key(0.4, lo=0)
     pca_lighting: float = _key(0.1, lo=0)
-    skip_bad_images: bool = False
     workers: int = _key(8, lo=0)
     epochs: int = _key(270, lo=1)
     batch_size: int = _key(128, lo=1)          # per process; global batch = batch_size x world size

@@ -57,9 +57,8 @@ def run_demo(out: str | os.PathLike, overrides: dict[str, Any] | None = None,
                   f"({n_train} train / {n_val} val images, 10 classes, 8x8 scans upscaled to 32x32)")
     run_dir = out / "run"
     cfg = load_config("classification", config or demo_config_path(),
-                      {**(overrides or {}), "data": str(data), "output": str(run_dir), "resume": None})
-    for f in ("last.ckpt", "best.ckpt", "metrics.jsonl"):  # the demo always starts afresh
-        (run_dir / f).unlink(missing_ok=True)
+                      {**(overrides or {}), "data": str(data), "output": str(run_dir), "resume": None,
+                       "overwrite": True})  # the demo always starts afresh
     console.print(f"[bold]2. train[/bold]: {cfg.model} {cfg.model_kwargs} at {cfg.img_size} px, "
                   f"{cfg.epochs} epochs, Nesterov SGD + warmup/cosine, "
                   f"label smoothing {cfg.label_smoothing}, "

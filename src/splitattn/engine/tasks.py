@@ -100,9 +100,17 @@ class Task:
         raise NotImplementedError
 
     def prepare(self, batch: Any, device: torch.device, channels_last: bool) -> Batch:
-        """A loader batch -> ``(inputs, targets, n_skipped)`` on ``device``."""
-        images, targets = to_device(batch, device)
-        return images, targets, 0
+        """A loader batch ``(images, targets, n_skipped)`` -> the same on ``device``.
+
+        Raises:
+            DataError: every image of the batch was unreadable (and skipped).
+        """
+        images, targets, n_bad = batch
+        if len(images) == 0:
+            raise DataError(f"all {n_bad} images of a training batch were unreadable; remove them from the "
+                            "training data")
+        images, targets = to_device((images, targets), device)
+        return images, targets, n_bad
 
     def losses(self, model: nn.Module, inputs: Any, targets: Any, step: int, total: int,
                ) -> dict[str, torch.Tensor]:
@@ -124,7 +132,7 @@ class Task:
     def check_resume(self, ck: dict[str, Any], path: Path) -> None:
         """Refuse a checkpoint of another run (other classes, other architecture) with one clear line."""
         meta = self.checkpoint_meta()
-        for key in ("model_name", "num_classes", "classes"):
+        for key in ("model_name", "backbone", "model_kwargs", "num_classes", "classes"):
             if key in meta and key in ck and ck[key] != meta[key]:
                 theirs, ours = ck[key], meta[key]
                 if isinstance(ours, list):
@@ -225,7 +233,10 @@ class ClassificationTask(Task):
         return out
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        return {"model_name": self.cfg.model, "model_kwargs": dict(self.cfg.model_kwargs),
+        kwargs = dict(self.cfg.model_kwargs)
+        if self.cfg.norm_layer in ("frozenbn", "groupnorm"):  # their state dicts differ from BatchNorm's
+            kwargs["norm_layer"] = self.cfg.norm_layer
+        return {"model_name": self.cfg.model, "model_kwargs": kwargs,
                 "classes": list(self.classes), "eval_cfg": self.data_cfg.to_dict()}
 
 
@@ -242,13 +253,14 @@ class DetectionTask(Task):
         c = self.cfg
         _need(c, "train_images", "train_ann")
         train = CocoDetection(c.train_images, c.train_ann, DetectionTransform(True, hflip=c.hflip),
-                              masks="mask" in c.model, remove_empty=True)
+                              masks="mask" in c.model, remove_empty=True, skip_bad_images=c.skip_bad_images)
         self.num_classes = int(c.num_classes or train.num_classes)
         return train, (self._val() if c.val_ann else None)
 
     def _val(self) -> Dataset:
         _need(self.cfg, "val_images", "val_ann")
-        return CocoDetection(self.cfg.val_images, self.cfg.val_ann, DetectionTransform(False), masks=False)
+        return CocoDetection(self.cfg.val_images, self.cfg.val_ann, DetectionTransform(False), masks=False,
+                             skip_bad_images=self.cfg.skip_bad_images)
 
     def build_model(self, train_ds: Dataset | None) -> nn.Module:
         c = self.cfg
@@ -293,8 +305,9 @@ class SegmentationTask(Task):
         tf = (SegmentationTransform(True, c.crop_size, c.base_size, tuple(c.scale_range), c.hflip) if train
               else SegmentationTransform(False, eval_size=c.eval_size))
         if c.dataset == "ade20k":
-            return ADE20KSegmentation(c.data_root, split, tf, num_classes=c.num_classes or 150)
-        return CityscapesSegmentation(c.data_root, split, tf)
+            return ADE20KSegmentation(c.data_root, split, tf, num_classes=c.num_classes or 150,
+                                      skip_bad_images=c.skip_bad_images)
+        return CityscapesSegmentation(c.data_root, split, tf, skip_bad_images=c.skip_bad_images)
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         _need(self.cfg, "data_root")

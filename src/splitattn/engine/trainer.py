@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,19 @@ from ..amp import autocast, make_grad_scaler
 from ..checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data.seeded import SeededDataset
 from ..distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_dist
-from ..errors import CheckpointError, ConfigError, SplitAttnError, TrainingDivergedError, worker_error
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    Interrupted,
+    SplitAttnError,
+    TrainingDivergedError,
+    worker_error,
+)
 from .config import RunConfig, save_config
+from .interrupt import StopRequest
 from .progress import EpochProgress, MetricsLogger
 from .rng import get_rng_state, seed_everything, set_rng_state
+from .rundir import drop_metrics_after, prepare_run_dir
 from .sampler import GlobalBatchSampler
 from .schedule import create_lr_scheduler, create_optimizer
 from .tasks import Task, create_task
@@ -54,6 +64,7 @@ class Trainer:
         self.task: Task = create_task(cfg)
         self.dist = dist or init_distributed(cfg.device)
         self.run_dir = Path(cfg.output)
+        prepare_run_dir(self.run_dir, bool(cfg.resume), cfg.overwrite, self.dist.is_main)
         self.device = self.dist.device
         self.amp = ("bf16" if self.device.type == "cuda" else "off") if cfg.amp == "auto" else cfg.amp
         cl = cfg.channels_last
@@ -65,6 +76,7 @@ class Trainer:
         self._build_model()
         self.step, self.best, self.sums = 0, -math.inf, _new_sums()
         self._clock = (time.perf_counter(), 0)  # (start, steps since): throughput of this process's steps
+        self._stop, self._stop_after_step, self._saved_step = StopRequest(), 0, -1
         self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
 
     def _build_data(self) -> None:
@@ -138,8 +150,22 @@ class Trainer:
         }
 
     def save(self, best: bool = False) -> None:
-        """Write ``best.ckpt`` (when ``best``) and then ``last.ckpt``, which records that best."""
+        """Write ``best.ckpt`` (when ``best``) and then ``last.ckpt``, which records that best.
+
+        Raises:
+            TrainingDivergedError: a weight is NaN or infinite; nothing is written.
+        """
+        models = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        bad = [n for m in models for n, t in m.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            last = self.run_dir / "last.ckpt"
+            kept = f"{last} (finite weights) is left as it was" if last.is_file() else "none was written"
+            raise TrainingDivergedError(
+                f"weights became non-finite at step {self.step} ({', '.join(bad[:3])}); not saved: the last "
+                f"checkpoint {kept}; lower the learning rate (--lr), raise the warmup, or set grad_clip")
         state = self.state_dict()  # collective under DDP: every rank builds it
+        self._saved_step = self.step
         if self.dist.is_main:
             if best:
                 save_checkpoint(self.run_dir / "best.ckpt", state)
@@ -147,7 +173,10 @@ class Trainer:
 
     def resume(self, spec: str) -> Path | None:
         """Load ``spec`` (a path, or ``"auto"``: the newest valid checkpoint in the run folder)."""
-        path = find_latest_checkpoint(self.run_dir) if spec == "auto" else Path(spec)
+        if spec == "auto":
+            path = find_latest_checkpoint(self.run_dir, quarantine=self.dist.is_main)
+        else:
+            path = Path(spec)
         if path is None:
             log.info("--resume auto: no checkpoint in %s, starting from scratch", self.run_dir)
             return None
@@ -175,6 +204,8 @@ class Trainer:
         else:
             log.warning("checkpoint was written by %s processes, now %s: RNG streams are re-seeded",
                         ck.get("world_size"), self.dist.world_size)
+        if self.dist.is_main and drop_metrics_after(self.run_dir, self.step):
+            log.info("metrics.jsonl: records after step %d dropped (they are written again)", self.step)
         log.info("resumed from %s at step %d", path, self.step)
         return path
 
@@ -194,8 +225,9 @@ class Trainer:
                   f"{self.run_dir}", flush=True)
         last: dict[str, Any] = {}
         try:
-            while self.step < self.total_steps:
-                last = self._run_epoch() or last
+            with self._stop:
+                while self.step < self.total_steps:
+                    last = self._run_epoch() or last
         except SplitAttnError as e:  # re-raised by a DataLoader worker with its traceback in the message
             raise worker_error(e) from None
         finally:
@@ -215,6 +247,8 @@ class Trainer:
                 loss = self._train_step(batch)
                 bar.update(1, loss=loss, lr=self.scheduler.get_last_lr()[0])
                 record = self._after_step() or record
+                if self._stop_after_step:
+                    self._interrupt()
                 if self.step >= self.total_steps:
                     break
         return record
@@ -225,8 +259,11 @@ class Trainer:
         with autocast(self.device, self.amp):
             losses = self.task.losses(self.net, inputs, targets, self.step, self.total_steps)
         loss = sum(losses.values())
-        parts = torch.stack([v.detach().float() for v in losses.values()] + [torch.tensor(float(n_bad))])
-        parts = all_reduce_sum(parts.cpu()) / torch.tensor([self.dist.world_size] * len(losses) + [1.0])
+        extra = [torch.tensor(float(n_bad)), torch.tensor(float(self._stop.signum))]
+        parts = torch.stack([v.detach().float().cpu() for v in losses.values()] + extra)
+        parts = all_reduce_sum(parts) / torch.tensor([self.dist.world_size] * len(losses) + [1.0, 1.0])
+        stop = int(parts[-1])  # any process asked to stop: all stop after this step
+        parts = parts[:-1]
         total = float(parts[:-1].sum())
         if not math.isfinite(total):
             self._diverged(total, losses)
@@ -249,7 +286,18 @@ class Trainer:
         s["lr"] = lr
         for k, v in zip(losses, parts.tolist()):
             s[f"part/{k}"] = s.get(f"part/{k}", 0.0) + v
+        self._stop_after_step = stop
         return total
+
+    def _interrupt(self) -> None:
+        """Save (unless this step's checkpoint was just written) and raise :class:`Interrupted`."""
+        if self._saved_step != self.step:
+            self.save()
+        signum = self._stop.signum or self._stop_after_step  # the sum over processes if this one got none
+        name = "SIGINT" if signum == signal.SIGINT else "SIGTERM"
+        code = 128 + (signal.SIGINT if name == "SIGINT" else signal.SIGTERM)
+        raise Interrupted(f"stopped by {name} after step {self.step}; checkpoint saved to "
+                          f"{self.run_dir / 'last.ckpt'}; continue with --resume auto", exit_code=code)
 
     def _diverged(self, value: float, losses: dict[str, torch.Tensor]) -> None:
         last = self.run_dir / "last.ckpt"
