@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import splitattn
 from splitattn.data import (
     DataConfig,
     ImageFolderDataset,
@@ -95,15 +96,20 @@ def test_resolve_data_config_bad_values_name_the_key(key, value):
 
 
 def test_apply_data_config_records_run_preprocessing():
-    model = torch.nn.Linear(2, 2)
-    model.pretrained_cfg = get_model_cfg("resnest50")
+    model = splitattn.create_model("resnest14d", num_classes=2)
+    registered = model.pretrained_cfg
     dc = resolve_data_config("resnest50", img_size=160, crop_pct=0.95, interpolation="bilinear")
     assert apply_data_config(model, dc.to_dict()) is model
-    cfg = model.pretrained_cfg
-    assert cfg.input_size == (3, 160, 160) and cfg.crop_pct == 0.95 and cfg.interpolation == "bilinear"
-    assert cfg.name == "resnest50" and cfg.url == get_model_cfg("resnest50").url
+    cfg = model.pretrained_cfg  # a new dict of timm's keys: the run's preprocessing over the registry's
+    assert cfg["input_size"] == (3, 160, 160) and cfg["pool_size"] == (5, 5) and cfg["crop_pct"] == 0.95
+    assert cfg["interpolation"] == "bilinear" and cfg["architecture"] == "resnest14d"
+    assert cfg["url"] == get_model_cfg("resnest14d").url and registered["crop_pct"] == 0.875
     assert resolve_data_config(model) == dc
-    with pytest.raises(ValueError, match="ModelCfg"):
+    legacy = torch.nn.Linear(2, 2)  # a ModelCfg set by hand (the old contract) is still read and replaced
+    legacy.pretrained_cfg = get_model_cfg("resnest50")
+    assert resolve_data_config(apply_data_config(legacy, dc)) == dc
+    assert legacy.pretrained_cfg.name == "resnest50"
+    with pytest.raises(ValueError, match="has no pretrained_cfg"):
         apply_data_config(torch.nn.Linear(2, 2), dc)
 
 

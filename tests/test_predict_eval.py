@@ -125,7 +125,7 @@ def test_export_weights_round_trip_and_refusals(files: dict[str, Path], tmp_path
     b, _ = load_for_inference(files["ckpt"])
     x = torch.randn(2, 3, 32, 32)
     assert classes == CLASSES and torch.equal(a(x), b(x))
-    assert a.pretrained_cfg.input_size == (3, 32, 32) and a.pretrained_cfg.crop_pct == 1.0
+    assert a.pretrained_cfg["input_size"] == (3, 32, 32) and a.pretrained_cfg["crop_pct"] == 1.0
     before = files["ckpt"].read_bytes()
     with pytest.raises(InputError, match="overwrite its input"):
         export_weights(files["ckpt"], files["ckpt"])

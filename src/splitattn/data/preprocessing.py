@@ -1,11 +1,13 @@
 """The one resolver of evaluation preprocessing (crop, crop ratio, interpolation, mean/std), as timm's
-``resolve_data_config``: from a model name, a :class:`~splitattn.models.registry.ModelCfg`, a model, or
-the ``eval_cfg`` dict stored in checkpoints, with keyword overrides.
+``resolve_data_config``: from a model name, a model's timm-style ``pretrained_cfg`` dict, a
+:class:`~splitattn.models.registry.ModelCfg`, or the ``eval_cfg`` dict stored in checkpoints, with
+keyword overrides.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,25 +100,42 @@ def _model_cfg_to_data_config(cfg: Any) -> DataConfig:
     return DataConfig(cfg.crop_size, cfg.crop_pct, cfg.interpolation, cfg.mean, cfg.std)
 
 
+def _model_data_config(model: Any) -> DataConfig:
+    """From ``model.pretrained_cfg``: a timm-style dict (keys it lacks take resnest50's values, as
+    timm's resolver falls back to its defaults), a legacy ModelCfg, or none (the defaults)."""
+    from ..models.registry import ModelCfg, get_pretrained_cfg
+
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, ModelCfg):
+        return _model_cfg_to_data_config(cfg)
+    defaults = get_pretrained_cfg(DEFAULT_MODEL)
+    if cfg is None:
+        return DataConfig.from_dict(defaults)
+    if not isinstance(cfg, Mapping):
+        raise InputError(f"{type(model).__name__}.pretrained_cfg must be a dict of timm's keys, got "
+                         f"{type(cfg).__name__}")
+    keys = ("input_size", "crop_pct", "interpolation", "mean", "std")
+    return DataConfig.from_dict({k: defaults[k] if cfg.get(k) is None else cfg[k] for k in keys})
+
+
 def _base_config(source: Any) -> DataConfig:
-    from ..models.registry import ModelCfg, get_model_cfg
+    from ..models.registry import ModelCfg, get_pretrained_cfg
 
     if source is None:
-        return _model_cfg_to_data_config(get_model_cfg(DEFAULT_MODEL))
+        return DataConfig.from_dict(get_pretrained_cfg(DEFAULT_MODEL))
     if isinstance(source, DataConfig):
         return source
     if isinstance(source, str):
-        return _model_cfg_to_data_config(get_model_cfg(source))
+        return DataConfig.from_dict(get_pretrained_cfg(source))  # an alias gets timm's values
     if isinstance(source, ModelCfg):
         return _model_cfg_to_data_config(source)
     if isinstance(source, Mapping):
         return DataConfig.from_dict(source)
-    if hasattr(source, "pretrained_cfg"):
-        return _base_config(source.pretrained_cfg)  # None (no config) -> the defaults
-    if isinstance(source, nn.Module):
-        return _base_config(None)
+    if isinstance(source, nn.Module) or hasattr(source, "pretrained_cfg"):
+        return _model_data_config(source)
     raise InputError(f"cannot read a data config from a {type(source).__name__}; pass a model name, a "
-                     "ModelCfg, a DataConfig, a dict from DataConfig.to_dict() or a model")
+                     "pretrained_cfg dict, a ModelCfg, a DataConfig, a dict from DataConfig.to_dict() or "
+                     "a model")
 
 
 def resolve_data_config(
@@ -131,9 +150,11 @@ def resolve_data_config(
     """The eval preprocessing of ``source``, with the keyword overrides that are not ``None``.
 
     Args:
-        source: ``None`` (resnest50's defaults), a model name, a ``ModelCfg``, a :class:`DataConfig`,
-            a dict from :meth:`DataConfig.to_dict` (the ``eval_cfg`` of checkpoints), or a model with
-            ``pretrained_cfg`` (a module without one gets the defaults).
+        source: ``None`` (resnest50's defaults), a model name (an alias, timm's name, gets timm's
+            values for it), a ``ModelCfg``, a :class:`DataConfig`, a dict from
+            :meth:`DataConfig.to_dict` (the ``eval_cfg`` of checkpoints) or a timm-style
+            ``pretrained_cfg`` dict, or a model with ``pretrained_cfg`` (a module without one gets the
+            defaults).
         img_size: crop side.
         crop_pct: crop side / resized short side (e.g. 224 / 256 = 0.875).
         interpolation: ``"bicubic"``, ``"bilinear"`` or ``"nearest"``.
@@ -149,27 +170,42 @@ def resolve_data_config(
 
 
 def apply_data_config(model: nn.Module, data_cfg: DataConfig | Mapping[str, Any]) -> nn.Module:
-    """Record ``data_cfg`` in ``model.pretrained_cfg`` (a copy of its ``ModelCfg`` with the run's input
-    size, crop ratio, interpolation and mean/std), so evaluation and saved weights use it.
+    """Record ``data_cfg`` in ``model.pretrained_cfg`` (a new dict: the model's with the run's input
+    size, crop ratio, interpolation and mean/std; ``pool_size`` follows the input size), so evaluation,
+    saved weights and timm's tools use it.
 
     Args:
-        model: a model of :func:`splitattn.create_model` (its ``pretrained_cfg`` is a ``ModelCfg``).
+        model: a model with a timm-style ``pretrained_cfg`` dict (any ResNeSt; a legacy ``ModelCfg``
+            there is replaced by a copy, as before).
         data_cfg: a :class:`DataConfig` or a dict from :meth:`DataConfig.to_dict`.
 
     Returns:
         ``model``.
+
+    Raises:
+        InputError: ``model`` has no ``pretrained_cfg``.
     """
     from ..models.registry import ModelCfg
 
     base = getattr(model, "pretrained_cfg", None)
-    if not isinstance(base, ModelCfg):
-        raise InputError(f"{type(model).__name__} has no ModelCfg in .pretrained_cfg (got "
-                         f"{type(base).__name__}); build it with splitattn.create_model")
     d = resolve_data_config(data_cfg)
-    model.pretrained_cfg = dataclasses.replace(
-        base, input_size=(3, d.crop_size, d.crop_size), crop_pct=d.crop_pct, interpolation=d.interpolation,
-        mean=d.mean, std=d.std,
-    )
+    if isinstance(base, ModelCfg):
+        model.pretrained_cfg = dataclasses.replace(
+            base, input_size=(base.input_size[0], d.crop_size, d.crop_size), crop_pct=d.crop_pct,
+            interpolation=d.interpolation, mean=d.mean, std=d.std)
+        return model
+    if not isinstance(base, Mapping):
+        raise InputError(f"{type(model).__name__} has no pretrained_cfg dict (got {type(base).__name__}); "
+                         "build it with splitattn.create_model or splitattn.ResNeSt")
+    cfg = dict(base)
+    channels = tuple(cfg.get("input_size") or (3,))[0]
+    cfg.update(input_size=(channels, d.crop_size, d.crop_size), crop_pct=d.crop_pct,
+               interpolation=d.interpolation, mean=d.mean, std=d.std)
+    info = getattr(model, "feature_info", None)
+    if cfg.get("pool_size") is not None and info:
+        reduction = info[-1]["reduction"]
+        cfg["pool_size"] = (math.ceil(d.crop_size / reduction),) * 2
+    model.pretrained_cfg = cfg
     return model
 
 

@@ -5,8 +5,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import resnest_cfgs  # noqa: F401  (registers the variants)
 from .features import FeatureDictNet, FeatureListNet
-from .registry import ModelCfg, get_model_cfg, get_model_class, list_models, register_model, resolve_name
+from .registry import (
+    ModelCfg,
+    get_model_cfg,
+    get_model_class,
+    get_pretrained_cfg,
+    list_models,
+    register_model,
+    resolve_name,
+)
 from .resnest import ResNeSt, ResNeStBottleneck, set_drop_block_prob, set_grad_checkpointing
 
 # Loaded on first use: the dense-task modules build through splitattn.factory, which imports this package.
@@ -44,6 +53,7 @@ __all__ = [
     "ResNeStBottleneck",
     "get_model_cfg",
     "get_model_class",
+    "get_pretrained_cfg",
     "list_models",
     "register_model",
     "resolve_name",

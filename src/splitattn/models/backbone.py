@@ -22,7 +22,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from ..errors import ConfigError
 from ..factory import create_model
 from ..layers.norm import convert_norm, norm_name
-from .features import FeatureDictNet, uses_batch_stats
+from .features import FeatureDictNet
 
 log = logging.getLogger("splitattn")
 
@@ -84,7 +84,7 @@ class ResNeStBackbone(FeatureDictNet):
         """Channels and stride of each output, detectron2 style (e.g. ``res5 -> ShapeSpec(2048, 32)``)."""
         return {
             f: ShapeSpec(info["num_chs"], info["reduction"])
-            for f, info in zip(self.out_features, self.feature_info)
+            for f, info in zip(self.out_features, self.feature_info.get_dicts(), strict=True)
         }
 
     def freeze(self, freeze_at: int) -> None:
@@ -101,7 +101,6 @@ class ResNeStBackbone(FeatureDictNet):
                 setattr(self, name, mod)
                 mod.requires_grad_(False)
         self.freeze_at = max(self.freeze_at, freeze_at)
-        self._bn_needs_batch = uses_batch_stats(self)
 
 
 def build_resnest_backbone(

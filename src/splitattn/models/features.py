@@ -2,36 +2,143 @@
 
 :class:`FeatureDictNet` returns ``{name: map}``; :class:`FeatureListNet`
 (``create_model(features_only=True)``) returns the same maps as a list; the detection / segmentation backbone
-(:class:`~splitattn.models.backbone.ResNeStBackbone`) is a FeatureDictNet with detectron2's stage names.
+(:class:`~splitattn.models.backbone.ResNeStBackbone`) is a FeatureDictNet with detectron2's stage names;
+:class:`FeatureGetterNet` (``feature_cls="getter"``) prunes a model and calls its ``forward_intermediates``.
+:func:`features_only_model` picks one as timm's ``features_only`` does, and each exposes its levels as a
+:class:`FeatureInfo` (timm's interface: ``channels()``, ``reduction()``, ``module_name()``...).
 """
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, InputError
+from ..layers.split_attn import is_tracing, uses_batch_stats
 from .resnest import check_input, set_grad_checkpointing, stem_dtype
+from .timm_api import STAGE_HINT, DefaultCfgMixin, feature_take_indices
 
 DEFAULT_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 _MODEL_PARTS = ("in_chans", "feature_info", "conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3",
                 "layer4")
 
 
-def uses_batch_stats(module: nn.Module) -> bool:
-    """Whether ``module`` holds a BatchNorm that normalises with batch statistics in training mode."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+FEATURE_CLS = ("list", "dict", "getter")
 
 
-def check_out_indices(out_indices: Sequence[int]) -> tuple[int, ...]:
-    """``out_indices`` sorted and deduplicated; ConfigError unless a non-empty subset of 0..4."""
-    indices = tuple(sorted({int(i) for i in out_indices}))
-    if not indices or any(i < 0 or i > 4 for i in indices):
-        raise ConfigError(f"out_indices must be within 0..4 (0 = stem, 4 = layer4), got {tuple(out_indices)}")
-    return indices
+def _given_indices(out_indices: int | Sequence[int] | None, n: int) -> list[Any]:
+    """``out_indices`` as the list timm reads it: None -> all, an int ``k`` -> ``-k..-1``."""
+    if out_indices is None:
+        return list(range(n))
+    if isinstance(out_indices, int) and not isinstance(out_indices, bool):
+        return list(range(-out_indices, 0))
+    return list(out_indices) if isinstance(out_indices, Sequence) and not isinstance(out_indices, str) else []
+
+
+def check_out_indices(out_indices: int | Sequence[int] | None = None, n: int = 5) -> tuple[int, ...]:
+    """The feature levels ``out_indices`` selects, within ``0..n-1``, sorted and deduplicated.
+
+    Args:
+        out_indices: ``None`` (all ``n``), an int ``k`` (the last ``k``, as timm reads it), or indices,
+            negative ones counted from the end (``-1`` = layer4 for a ResNeSt, whose levels are
+            0 = stem, 1-4 = layer1-4).
+        n: the number of levels.
+
+    Raises:
+        ConfigError: an index out of range (naming it), an empty list, or a non-integer.
+    """
+    hint = STAGE_HINT if n == 5 else ""
+    take, _ = feature_take_indices(n, out_indices, "out_indices", hint, ConfigError)
+    return tuple(sorted(set(take)))
+
+
+class FeatureInfo:
+    """Channels, reduction and module of each feature level of a model, and the levels a feature
+    extractor outputs: the interface of timm's ``FeatureInfo``.
+
+    Indexing, ``len()`` and iteration are over all levels; the accessors with ``idx=None`` give the
+    output levels, in output (stage) order.
+
+    Args:
+        feature_info: one dict per level with ``num_chs``, ``reduction`` (non-decreasing) and ``module``
+            (copied; each gets its ``index``).
+        out_indices: the output levels, as :func:`check_out_indices` reads them.
+
+    Raises:
+        ConfigError: a level without those keys, a decreasing reduction, or a bad ``out_indices``.
+    """
+
+    def __init__(self, feature_info: Sequence[Mapping[str, Any]],
+                 out_indices: int | Sequence[int] | None = None) -> None:
+        info = [dict(copy.deepcopy(f)) for f in feature_info]
+        prev = 1
+        for i, f in enumerate(info):
+            ok = {"num_chs", "reduction", "module"} <= set(f)
+            if not (ok and f["num_chs"] > 0 and f["reduction"] >= prev):
+                raise ConfigError(f"feature_info[{i}] = {f} needs num_chs > 0, a reduction >= the previous "
+                                  f"level's ({prev}) and a module name")
+            prev = f["reduction"]
+            f.setdefault("index", i)
+        self.info = info
+        self.out_indices = check_out_indices(out_indices, len(info))
+
+    def from_other(self, out_indices: int | Sequence[int] | None) -> FeatureInfo:
+        """The same levels with other output levels."""
+        return FeatureInfo(self.info, out_indices)
+
+    def get(self, key: str, idx: int | Sequence[int] | None = None) -> Any:
+        """``key`` of each output level (``idx=None``), of level ``idx``, or of each level in ``idx``."""
+        if idx is None:
+            return [self.info[i][key] for i in self.out_indices]
+        if isinstance(idx, Sequence):
+            return [self.info[i][key] for i in idx]
+        return self.info[idx][key]
+
+    def get_dicts(self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None) -> Any:
+        """The level dicts (only ``keys`` if given) of the output levels, of ``idx`` or of each in it."""
+        def pick(i: int) -> dict[str, Any]:
+            return self.info[i] if keys is None else {k: self.info[i][k] for k in keys}
+        if idx is None:
+            return [pick(i) for i in self.out_indices]
+        return [pick(i) for i in idx] if isinstance(idx, Sequence) else pick(idx)
+
+    def channels(self, idx: int | Sequence[int] | None = None) -> Any:
+        """Channels of the output levels (or of ``idx``)."""
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx: int | Sequence[int] | None = None) -> Any:
+        """Stride relative to the input of the output levels (or of ``idx``)."""
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | Sequence[int] | None = None) -> Any:
+        """Module names of the output levels (or of ``idx``)."""
+        return self.get("module", idx)
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        return self.info[item]
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.info)
+
+    def __repr__(self) -> str:
+        return f"FeatureInfo(out_indices={self.out_indices}, channels={self.channels()}, " \
+               f"reduction={self.reduction()})"
+
+
+def features_pretrained_cfg(model: nn.Module) -> Any:
+    """``model.pretrained_cfg`` without the classifier's keys, as timm gives its feature extractors."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, Mapping):
+        return {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier")}
+    return cfg
 
 
 def _stage_names(out_indices: Sequence[int], feature_names: Sequence[str] | None) -> list[str]:
@@ -57,7 +164,7 @@ def _stage_names(out_indices: Sequence[int], feature_names: Sequence[str] | None
     return names
 
 
-class FeatureDictNet(nn.Module):
+class FeatureDictNet(DefaultCfgMixin, nn.Module):
     """The stem and stages of a ResNeSt, returning the outputs selected by ``out_indices`` by name.
 
     Index 0 is the stem (stride 2, before the max pool), 1-4 are layer1-layer4. Submodule names are the
@@ -67,22 +174,28 @@ class FeatureDictNet(nn.Module):
     Args:
         model: a :class:`~splitattn.models.ResNeSt` (any zoo model, any ``output_stride``); its modules
             are reused, not copied.
-        out_indices: stage indices within 0..4, returned in stage order.
+        out_indices: stage indices within 0..4 or -5..-1, or an int ``k`` for the last ``k`` (see
+            :func:`check_out_indices`); default all 5; returned in stage order.
         feature_names: the output names: 5 names for stages 0..4 (e.g. detectron2's
             ``("stem", "res2", "res3", "res4", "res5")``) or one per ``out_indices`` entry, in the order
             given; default ``"stem"``, ``"layer1"``..``"layer4"``.
+
+    Attributes:
+        feature_info: a :class:`FeatureInfo` of the 5 levels, ``out_indices`` the returned ones.
+        pretrained_cfg: the model's, without ``num_classes`` / ``classifier`` (``default_cfg``: the same).
 
     Shape:
         ``(B, C, H, W) -> OrderedDict {name_i: (B, feature_info[i]["num_chs"], H / r_i, W / r_i)}``, with
         ``r_i = feature_info[i]["reduction"]`` (rounded up for sizes not divisible by it).
     """
 
-    __jit_ignored_attributes__ = ["feature_info", "pretrained_cfg"]
+    __jit_ignored_attributes__ = ["feature_info", "pretrained_cfg", "model_cfg"]
+    __jit_unused_properties__ = ["default_cfg"]
 
     def __init__(
         self,
         model: nn.Module,
-        out_indices: Sequence[int] = (1, 2, 3, 4),
+        out_indices: int | Sequence[int] | None = None,
         feature_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
@@ -94,7 +207,7 @@ class FeatureDictNet(nn.Module):
             )
         indices = check_out_indices(out_indices)
         self.out_indices = indices
-        self.stage_names = _stage_names([int(i) for i in out_indices], feature_names)
+        self.stage_names = _stage_names([int(i) % 5 for i in _given_indices(out_indices, 5)], feature_names)
         self.in_chans: int = model.in_chans
         self.conv1 = model.conv1
         self.bn1 = model.bn1
@@ -103,9 +216,9 @@ class FeatureDictNet(nn.Module):
         last = max(indices)
         for i in range(1, 5):
             self.add_module(f"layer{i}", getattr(model, f"layer{i}") if i <= last else nn.Identity())
-        self.feature_info = [dict(model.feature_info[i]) for i in indices]
-        self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
-        self._bn_needs_batch: bool = uses_batch_stats(self)
+        self.feature_info = FeatureInfo(model.feature_info, indices)
+        self.pretrained_cfg = features_pretrained_cfg(model)
+        self.model_cfg = getattr(model, "model_cfg", None)
 
     @property
     def feature_names(self) -> list[str]:
@@ -121,13 +234,16 @@ class FeatureDictNet(nn.Module):
     @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
         """Raise an InputError naming the problem and the fix (see :func:`.resnest.check_input`)."""
-        check_input(x, self.in_chans, self.training and self._bn_needs_batch, stem_dtype(self.conv1))
+        if not is_tracing():  # else reading the stem's weight would leave a node in an FX graph
+            check_input(x, self.in_chans, self, stem_dtype(self.conv1))
 
     def channels(self) -> list[int]:
-        return [f["num_chs"] for f in self.feature_info]
+        """Channels of each output (``feature_info.channels()``)."""
+        return self.feature_info.channels()
 
     def reductions(self) -> list[int]:
-        return [f["reduction"] for f in self.feature_info]
+        """Stride of each output (``feature_info.reduction()``)."""
+        return self.feature_info.reduction()
 
     def forward_dict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The one forward of both views: ``{name: map}`` in stage order (see the class docstring)."""
@@ -164,4 +280,75 @@ class FeatureListNet(FeatureDictNet):
         return list(self.forward_dict(x).values())
 
 
-__all__ = ["DEFAULT_NAMES", "FeatureDictNet", "FeatureListNet", "check_out_indices", "uses_batch_stats"]
+class FeatureGetterNet(DefaultCfgMixin, nn.Module):
+    """A model pruned after its last requested level, whose ``forward_intermediates`` gives the features
+    (timm's ``feature_cls="getter"``).
+
+    Args:
+        model: a :class:`~splitattn.models.ResNeSt` (pruned in place, its head removed; kept as ``model``).
+        out_indices: as :func:`check_out_indices` reads them; default all 5.
+
+    Shape:
+        ``(B, C, H, W) -> [(B, feature_info.channels()[j], H / r_j, W / r_j) for each output level j]``.
+    """
+
+    __jit_ignored_attributes__ = ["feature_info", "pretrained_cfg", "model_cfg"]
+    __jit_unused_properties__ = ["default_cfg"]
+
+    def __init__(self, model: nn.Module, out_indices: int | Sequence[int] | None = None) -> None:
+        super().__init__()
+        if not hasattr(model, "forward_intermediates") or not hasattr(model, "feature_info"):
+            raise InputError(f"feature_cls='getter' needs a model with forward_intermediates and "
+                             f"feature_info (a ResNeSt), got a {type(model).__name__}")
+        indices = check_out_indices(out_indices, len(model.feature_info))
+        model.prune_intermediate_layers(list(indices), prune_head=True)
+        self.model = model
+        self.out_indices = indices
+        self.feature_info = FeatureInfo(model.feature_info, indices)
+        self.pretrained_cfg = features_pretrained_cfg(model)
+        self.model_cfg = getattr(model, "model_cfg", None)
+
+    @torch.jit.unused
+    def set_grad_checkpointing(self, enable: bool | str = True) -> None:
+        """See :func:`splitattn.models.set_grad_checkpointing`."""
+        set_grad_checkpointing(self, enable)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True)
+
+
+def features_only_model(model: nn.Module, out_indices: int | Sequence[int] | None = None,
+                        feature_cls: str | None = None) -> nn.Module:
+    """``model`` as a feature extractor, as timm's ``create_model(..., features_only=True)`` makes one.
+
+    Args:
+        model: a :class:`~splitattn.models.ResNeSt`; its modules are reused.
+        out_indices: levels 0 = stem (``act1``, stride 2), 1-4 = layer1-4; negative ones from the end, an
+            int ``k`` the last ``k``; default all 5 (as timm's resnest models).
+        feature_cls: ``"list"`` (default): a :class:`FeatureListNet`; ``"dict"``: a :class:`FeatureDictNet`
+            keyed, as timm's, by the index given (``"0"``..``"4"``, ``"-1"``...); ``"getter"``: a
+            :class:`FeatureGetterNet`.
+
+    Returns:
+        The extractor; its ``feature_info`` is a :class:`FeatureInfo`.
+
+    Raises:
+        ConfigError: an ``out_indices`` entry out of range (naming it) or an unknown ``feature_cls``.
+    """
+    kind = "list" if feature_cls is None else feature_cls
+    if kind not in FEATURE_CLS:
+        raise ConfigError(f"feature_cls must be one of {FEATURE_CLS} (None: 'list'), got {feature_cls!r}")
+    indices = check_out_indices(out_indices)
+    if kind == "getter":
+        return FeatureGetterNet(model, indices)
+    if kind == "list":
+        return FeatureListNet(model, indices)
+    names = {}
+    for given in _given_indices(out_indices, 5):
+        names.setdefault(int(given) % 5, str(given))
+    return FeatureDictNet(model, indices, feature_names=[names.get(i, str(i)) for i in range(5)])
+
+
+__all__ = ["DEFAULT_NAMES", "FEATURE_CLS", "FeatureDictNet", "FeatureGetterNet", "FeatureInfo",
+           "FeatureListNet", "check_out_indices", "features_only_model", "features_pretrained_cfg",
+           "uses_batch_stats"]

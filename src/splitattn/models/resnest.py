@@ -16,25 +16,55 @@ from torch import nn
 from ..errors import InputError
 from ..layers import DropBlock2d, SplitAttn, checkpoint, get_norm_layer
 from ..layers.norm import NormLayer, attention_norm_layer
-from ..layers.split_attn import check_int, check_rate
-from .registry import ModelCfg, register_model
+from ..layers.split_attn import batch_stats_attention_norm, check_int, check_rate, is_tracing
+from .registry import default_pretrained_cfg
+
+# _AvgMaxPool: models pickled before it moved name it here.
+from .timm_api import GLOBAL_POOLS, TimmModelMixin, _AvgMaxPool, device_dtype, make_pool  # noqa: F401
 
 MIN_INPUT_SIZE = 32
 
 
+def _refuse_batch_of_one(batch_stats: bool | nn.Module) -> None:
+    """InputError for a batch of 1 if a norm would normalise the 1x1 split-attention vector by batch stats."""
+    if isinstance(batch_stats, nn.Module):
+        name = batch_stats_attention_norm(batch_stats)
+        if name is None:
+            return
+        norm = batch_stats.get_submodule(name)
+        mode = "in training mode" if norm.training else "without running statistics"
+        where = f"{name} ({type(norm).__name__} {mode}) normalises"
+    elif batch_stats:
+        where = "BatchNorm normalises"
+    else:
+        return
+    raise InputError(
+        f"a batch of 1 cannot be normalised: {where} the 1x1 split-attention vector with batch statistics "
+        "and needs more than 1 value per channel; use a batch of at least 2, call model.eval() for "
+        "inference, freeze the BatchNorms (timm.layers.freeze_batch_norm_2d, torchvision's "
+        "FrozenBatchNorm2d, or .eval() on the BatchNorm modules), or build the model with "
+        "norm_layer='groupnorm' or 'frozenbn'"
+    )
+
+
 @torch.jit.unused
-def check_input(x: torch.Tensor, in_chans: int, batch_stats: bool, weight_dtype: torch.dtype | None = None,
-                ) -> None:
+def check_input(x: torch.Tensor, in_chans: int, batch_stats: bool | nn.Module,
+                weight_dtype: torch.dtype | None = None) -> None:
     """Validate a ResNeSt input ``(B, in_chans, H, W)`` from its shape and dtype (no device sync).
 
-    ``batch_stats``: BatchNorm will use batch statistics (training mode). ``weight_dtype``: the first conv's
-    dtype; a floating input of another dtype is refused unless autocast (which casts all but float64) is
-    on for its device.
+    ``batch_stats``: the module ``x`` runs through (a ResNeSt, a feature extractor): a batch of 1 is
+    refused when one of its Split-Attention norms would normalise the 1x1 attention vector with batch
+    statistics (BatchNorm in training mode; frozen or eval-mode BatchNorm does not), decided now and only
+    for a batch of 1; or that answer as a bool. ``weight_dtype``: the first conv's dtype; a floating input
+    of another dtype is refused unless autocast (which casts all but float64) is on for its device. Nothing
+    is checked under torch.fx symbolic tracing or torch.jit.trace (see :func:`is_tracing`).
 
     Raises:
-        InputError: naming the problem (rank, channels, empty batch, size, dtype, a training batch of 1)
-            and the fix.
+        InputError: naming the problem (rank, channels, empty batch, size, dtype, a batch of 1 that a norm
+            cannot take) and the fix.
     """
+    if is_tracing():
+        return
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor of shape (B, {in_chans}, H, W), got {type(x).__name__}")
     shape = tuple(x.shape)
@@ -66,12 +96,8 @@ def check_input(x: torch.Tensor, in_chans: int, batch_stats: bool, weight_dtype:
             f"with x.to({weight_dtype}), or the model with model.to({x.dtype})"
             + ("" if x.dtype == torch.float64 else ", or run it under torch.autocast")
         )
-    if batch_stats and x.shape[0] == 1:
-        raise InputError(
-            "a training-mode batch of 1 cannot be normalised: BatchNorm over the 1x1 split-attention "
-            "vector needs more than 1 value per channel; use a batch of at least 2, call model.eval() "
-            "for inference, or build the model with norm_layer='groupnorm' or 'frozenbn'"
-        )
+    if x.shape[0] == 1:
+        _refuse_batch_of_one(batch_stats)
 
 
 def stem_dtype(conv1: nn.Module) -> torch.dtype:
@@ -196,7 +222,6 @@ STAGE_STRIDES = {
     16: [(1, 1, 1), (2, 1, 1), (2, 1, 1), (1, 2, 1)],
     8: [(1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 4, 2)],
 }
-GLOBAL_POOLS = ("avg", "max", "avgmax", "")
 
 
 def _check_resnest_args(layers: Any, output_stride: Any, global_pool: Any, drop_rate: Any,
@@ -216,7 +241,7 @@ def _check_resnest_args(layers: Any, output_stride: Any, global_pool: Any, drop_
         raise InputError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
 
 
-class ResNeSt(nn.Module):
+class ResNeSt(TimmModelMixin, nn.Module):
     """ResNeSt image classifier / backbone.
 
     Args:
@@ -236,7 +261,20 @@ class ResNeSt(nn.Module):
             :func:`set_drop_block_prob`.
         zero_init_last: zero the last BN scale of each block (the paper's recipe).
         norm_layer: ``"batchnorm"``, ``"syncbn"``, ``"frozenbn"``, ``"groupnorm"`` or a callable.
-        global_pool: ``"avg"``, ``"max"``, ``"avgmax"`` or ``""`` (no pooling).
+        global_pool: ``"avg"``, ``"max"``, ``"avgmax"`` (avg and max concatenated) or ``""`` (no pooling).
+
+    Attributes:
+        pretrained_cfg: timm's ``pretrained_cfg`` dict (input size, interpolation, crop, mean/std,
+            ``first_conv``, ``classifier``...; timm's keys only); ``default_cfg`` is the same dict.
+            :func:`splitattn.create_model` sets the registered name's (see
+            :func:`~splitattn.models.registry.get_pretrained_cfg`), a directly built model has ResNeSt's
+            defaults.
+        model_cfg: the registry's :class:`~splitattn.models.registry.ModelCfg` (set by ``create_model``;
+            ``None`` for a directly built model).
+        num_features, head_hidden_size: channels of the layer4 map and of the pooled features (twice
+            ``num_features`` with ``"avgmax"``), as timm defines them.
+        feature_info: one dict per feature level (``num_chs``, ``reduction``, ``module``): the stem
+            (``act1``, stride 2) and layer1..layer4.
 
     Shape:
         ``forward``: ``(B, in_chans, H, W) -> (B, num_classes)`` with ``H, W >= 32``.
@@ -248,7 +286,8 @@ class ResNeSt(nn.Module):
             ``global_pool``. ``forward`` raises it for an input it cannot take (see :func:`check_input`).
     """
 
-    __jit_ignored_attributes__ = ["feature_info", "pretrained_cfg"]
+    __jit_ignored_attributes__ = ["feature_info", "pretrained_cfg", "model_cfg"]
+    __jit_unused_properties__ = ["default_cfg"]
 
     def __init__(
         self,
@@ -330,17 +369,24 @@ class ResNeSt(nn.Module):
             self.feature_info.append(dict(num_chs=out_ch, reduction=reduction, module=f"layer{i + 1}"))
 
         self.num_features = inplanes
-        self.global_pool, self.flatten = _make_pool(global_pool)
+        self.global_pool, self.flatten = make_pool(global_pool)
         self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
         self.fc = self._make_classifier(num_classes)
+        self.head_hidden_size = self._pooled_features()
         self._init_weights(zero_init_last)
         self.grad_checkpointing = ""
-        self._bn_needs_batch = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+        self.pretrained_cfg = default_pretrained_cfg(
+            (in_chans, 224, 224), output_stride, num_classes=num_classes,
+            first_conv="conv1.0" if deep_stem else "conv1")
+        self.model_cfg = None
 
-    def _make_classifier(self, num_classes: int) -> nn.Module:
+    def _pooled_features(self) -> int:
+        return self.num_features * (2 if self.global_pool_type == "avgmax" else 1)
+
+    def _make_classifier(self, num_classes: int, **factory_kwargs: Any) -> nn.Module:
         check_int("num_classes", num_classes, 0)
-        feat = self.num_features * (2 if self.global_pool_type == "avgmax" else 1)
-        return nn.Linear(feat, num_classes) if num_classes > 0 else nn.Identity()
+        feat = self._pooled_features()
+        return nn.Linear(feat, num_classes, **factory_kwargs) if num_classes > 0 else nn.Identity()
 
     def _init_weights(self, zero_init_last: bool) -> None:
         for m in self.modules():
@@ -357,16 +403,23 @@ class ResNeSt(nn.Module):
                     m.zero_init_last()
 
     # -- the timm model interface ---------------------------------------------------------------
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
+    @torch.jit.unused
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier (``num_classes=0`` removes it) and optionally the pooling."""
-        self.num_classes = num_classes
+        """Replace the classifier (``num_classes=0`` removes it) and optionally the pooling.
+
+        The new classifier is made on the model's device and in its dtype, in its train/eval mode.
+
+        Raises:
+            InputError: ``num_classes`` below 0 or an unknown ``global_pool``, before anything changes.
+        """
+        check_int("num_classes", num_classes, 0)
         if global_pool is not None:
+            pool = make_pool(global_pool)
             self.global_pool_type = global_pool
-            self.global_pool, self.flatten = _make_pool(global_pool)
-        self.fc = self._make_classifier(num_classes)
+            self.global_pool, self.flatten = pool
+        self.num_classes = num_classes
+        self.fc = self._make_classifier(num_classes, **device_dtype(self)).train(self.training)
+        self.head_hidden_size = self._pooled_features()
 
     @torch.jit.unused
     def set_grad_checkpointing(self, enable: bool | str = True) -> None:
@@ -399,24 +452,8 @@ class ResNeSt(nn.Module):
     @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
         """Raise an InputError that names the problem and the fix for an input the network cannot take."""
-        check_input(x, self.in_chans, self.training and self._bn_needs_batch, stem_dtype(self.conv1))
-
-
-class _AvgMaxPool(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)], 1)
-
-
-def _make_pool(kind: str) -> tuple[nn.Module, nn.Module]:
-    if kind == "avg":
-        return nn.AdaptiveAvgPool2d(1), nn.Flatten(1)
-    if kind == "max":
-        return nn.AdaptiveMaxPool2d(1), nn.Flatten(1)
-    if kind == "avgmax":
-        return _AvgMaxPool(), nn.Flatten(1)
-    if kind == "":
-        return nn.Identity(), nn.Identity()
-    raise InputError(f"global_pool must be one of {GLOBAL_POOLS}, got {kind!r}")
+        if not is_tracing():  # else reading the stem's weight would leave a node in an FX graph
+            check_input(x, self.in_chans, self, stem_dtype(self.conv1))
 
 
 def set_grad_checkpointing(model: nn.Module, enable: bool | str = True) -> str:
@@ -462,58 +499,6 @@ def set_drop_block_prob(model: nn.Module, prob: float) -> int:
             n += 1
     return n
 
-
-# -- registered variants ------------------------------------------------------------------------
-_OFFICIAL_URL = "https://github.com/zhanghang1989/ResNeSt/releases/download/weights_step1/{}-{}.pth"
-_TIMM_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-resnest/{}-{}.pth"
-
-
-def _official(name: str, sha: str, top1: float, params: int, gmacs: float, size: int = 224,
-              aliases: tuple[str, ...] = (), **arch: Any) -> ModelCfg:
-    crop_pct = size / (size + 32)  # PAPER.md: crop / (crop + 32), exact (0.888... for 256)
-    return ModelCfg(
-        name=name, arch=arch, input_size=(3, size, size), crop_pct=crop_pct, interpolation="bicubic",
-        url=_OFFICIAL_URL.format(name, sha), hash_prefix=sha, top1=top1, params=params, gmacs=gmacs,
-        aliases=aliases, source="official ResNeSt release (Zhang et al.)",
-    )
-
-
-_R50 = dict(layers=(3, 4, 6, 3), stem_width=32)
-_FAST = dict(layers=(3, 4, 6, 3), stem_width=32, avd_first=True)
-
-_CFGS = [
-    ModelCfg(
-        name="resnest14d", arch=dict(layers=(1, 1, 1, 1), stem_width=32, radix=2), crop_pct=0.875,
-        interpolation="bilinear", url=_TIMM_URL.format("gluon_resnest14", "9c8fe254"), hash_prefix="9c8fe254",
-        top1=75.51, params=10_611_688, gmacs=2.76, source="GluonCV weights ported by timm",
-    ),
-    ModelCfg(
-        name="resnest26d", arch=dict(layers=(2, 2, 2, 2), stem_width=32, radix=2), crop_pct=0.875,
-        interpolation="bilinear", url=_TIMM_URL.format("gluon_resnest26", "50eb607c"), hash_prefix="50eb607c",
-        top1=78.48, params=17_069_448, gmacs=3.64, source="GluonCV weights ported by timm",
-    ),
-    _official("resnest50", "528c19ca", 81.03, 27_483_240, 5.40, aliases=("resnest50d",), radix=2, **_R50),
-    _official("resnest101", "22405ba7", 82.83, 48_275_016, 13.38, 256, aliases=("resnest101e",),
-              layers=(3, 4, 23, 3), stem_width=64, radix=2),
-    _official("resnest200", "75117900", 83.84, 70_201_544, 35.70, 320, aliases=("resnest200e",),
-              layers=(3, 24, 36, 3), stem_width=64, radix=2),
-    _official("resnest269", "0cc87c48", 84.54, 110_929_480, 77.72, 416, aliases=("resnest269e",),
-              layers=(3, 30, 48, 8), stem_width=64, radix=2),
-    _official("resnest50_fast_1s1x64d", "d8fbf808", 80.33, 26_217_896, 4.36, radix=1, **_FAST),
-    _official("resnest50_fast_2s1x64d", "44938639", 80.53, 27_483_240, 4.36, radix=2, **_FAST),
-    _official("resnest50_fast_4s1x64d", "f74f3fc3", 80.76, 31_912_712, 4.37, radix=4, **_FAST),
-    _official("resnest50_fast_1s2x40d", "32830b84", 80.59, 25_946_680, 4.39, radix=1, cardinality=2,
-              base_width=40, **_FAST),
-    _official("resnest50_fast_2s2x40d", "9d126481", 80.61, 26_943_792, 4.40, radix=2, cardinality=2,
-              base_width=40, **_FAST),
-    _official("resnest50_fast_4s2x40d", "41d14ed0", 81.14, 30_417_592, 4.41, aliases=("resnest50d_4s2x40d",),
-              radix=4, cardinality=2, base_width=40, **_FAST),
-    _official("resnest50_fast_1s4x24d", "d4a4f76f", 80.99, 25_677_000, 4.43, aliases=("resnest50d_1s4x24d",),
-              radix=1, cardinality=4, base_width=24, **_FAST),
-]
-
-for _cfg in _CFGS:
-    register_model(_cfg, ResNeSt)
 
 __all__ = ["GLOBAL_POOLS", "MIN_INPUT_SIZE", "ResNeSt", "ResNeStBottleneck", "check_input",
            "set_drop_block_prob", "stem_dtype"]
