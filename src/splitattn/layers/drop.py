@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -37,6 +38,10 @@ def drop_block_2d(x: torch.Tensor, drop_prob: float, block_size: int = 3) -> tor
     keep = 1.0 - block
     scale = keep.numel() / keep.sum().clamp(min=1.0)
     return x * keep * scale
+
+
+# A leaf of torch.fx graphs: its sizes come from the input's shape, which a Proxy does not have.
+torch.fx.wrap("drop_block_2d")
 
 
 class DropBlock2d(nn.Module):

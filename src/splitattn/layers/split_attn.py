@@ -23,8 +23,10 @@ from numbers import Integral, Real
 from typing import Any
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import InputError
 from .recompute import checkpoint
@@ -42,6 +44,43 @@ def check_rate(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < 1:
         raise InputError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
+
+
+@torch.jit.unused
+def is_tracing() -> bool:
+    """Whether ``torch.fx`` symbolic tracing or ``torch.jit.trace`` is recording the current call.
+
+    There tensors are Proxies without values, or values the trace would freeze into constants, so input
+    checks are skipped. ``torch.compile`` and ``torch.export`` are not counted: they see real or fake
+    tensors with (symbolic) shapes, and the checks run there.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    return torch.jit.is_tracing() or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+def uses_batch_stats(module: nn.Module) -> bool:
+    """Whether a BatchNorm in ``module`` (``module`` included) normalises with batch statistics in its next
+    forward, as ``_BatchNorm.forward`` decides: in training mode, or in any mode without running statistics.
+
+    FrozenBatchNorm2d (torchvision's, timm's) and eval-mode BatchNorm use stored statistics: ``False``.
+    """
+    return any(
+        isinstance(m, _BatchNorm) and (m.training or (m.running_mean is None and m.running_var is None))
+        for m in module.modules()
+    )
+
+
+def batch_stats_attention_norm(module: nn.Module) -> str | None:
+    """The name of the first Split-Attention ``bn1`` in ``module`` that would normalise its
+    ``(B, inter, 1, 1)`` attention vector with batch statistics (see :func:`uses_batch_stats`), or ``None``.
+
+    That is the one norm a batch of 1 cannot pass: it has a single value per channel to normalise.
+    """
+    for name, m in module.named_modules():
+        if isinstance(m, SplitAttn) and uses_batch_stats(m.bn1):
+            return f"{name}.bn1" if name else "bn1"
+    return None
 
 
 def radix_softmax(logits: torch.Tensor, radix: int, cardinality: int) -> torch.Tensor:
@@ -157,13 +196,13 @@ class SplitAttn(nn.Module):
         gap = x.sum((2, 3), keepdim=True)
         if self.radix > 1:
             gap = gap.view(b, self.radix, self.out_channels, 1, 1).sum(1)
-        gap = self.act1(self.bn1(self.fc1(gap * (1.0 / (h * w)))))
+        gap = self.act1(self.bn1(self.fc1(gap / (h * w))))
         return radix_softmax(self.fc2(gap).flatten(1), self.radix, self.cardinality)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W) -> (B, C_out, H', W')``; a channels_last input gives a channels_last output."""
         x = self.conv(x)
-        if self.recompute and self.training and not torch.jit.is_scripting() and x.requires_grad:
+        if self.recompute and self.training and not torch.jit.is_scripting():
             return self._checkpointed_tail(x)
         return self.tail(x)
 
@@ -174,11 +213,19 @@ class SplitAttn(nn.Module):
 
     @torch.jit.unused
     def _checkpointed_tail(self, x: torch.Tensor) -> torch.Tensor:
+        # A traced graph records one plain forward; checkpointing needs a real autograd graph.
+        if is_tracing() or not x.requires_grad:
+            return self.tail(x)
         return checkpoint(self.tail, x, modules=(self,))
 
 
 def radix_weighted_sum(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
     """``sum_r attn_r * x_r`` over the radix-major splits of ``x``.
+
+    With gradients it runs as :class:`_RadixWeightedSum` (a backward that writes ``grad_x`` once, in
+    ``x``'s memory format), which supports double backward and ``torch.func`` transforms; under
+    ``torch.jit.trace`` and TorchScript it is the same computation in plain ops, which those can save.
+    ``torch.fx`` keeps it as one leaf call, so a traced module runs this same code.
 
     Args:
         x: ``(B, R*C, H, W)`` radix-expanded map, NCHW or channels_last.
@@ -188,14 +235,31 @@ def radix_weighted_sum(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch
     Returns:
         ``(B, C, H, W)`` in the memory format of ``x`` (no copy back to NCHW).
     """
+    if torch.jit.is_scripting():
+        return _radix_weighted_sum(x, attn, radix)
+    return _eager_weighted_sum(x, attn, radix)
+
+
+# A leaf of torch.fx graphs: the call is recorded as is, not traced into (its branches read requires_grad).
+torch.fx.wrap("radix_weighted_sum")
+
+
+@torch.jit.unused
+def _eager_weighted_sum(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
+    # torch.jit.trace would record the Function as a Python op that a saved module cannot hold.
     if (
         radix > 1
-        and not torch.jit.is_scripting()
+        and not torch.jit.is_tracing()
         and torch.is_grad_enabled()
         and (x.requires_grad or attn.requires_grad)
     ):
-        return _radix_weighted_sum_autograd(x, attn, radix)
+        return _RadixWeightedSum.apply(x, attn, radix)
     return _radix_weighted_sum(x, attn, radix)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    # x.is_contiguous(memory_format=torch.channels_last), in a form that vmap's batched tensors answer.
+    return x.permute(0, 2, 3, 1).is_contiguous()
 
 
 def _radix_weighted_sum(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
@@ -210,13 +274,48 @@ def _radix_weighted_sum(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torc
         # x0 * a0 + x1 * a1 as mul + fused multiply-add: 5 C-sized passes instead of the 7 of
         # (x * a).sum(1), which writes and re-reads the R-times-larger product. The add goes into the
         # product's fresh buffer (nothing saves it): one allocation less, 16% faster at layer1 on CPU.
-        return (xs[:, 0] * a[:, 0]).addcmul_(xs[:, 1], a[:, 1])
-    if x.is_contiguous(memory_format=torch.channels_last):
+        # unbind, not indexing: under autograd (jit.trace) its backward stacks the two gradients once
+        # instead of zero-filling a full-size gradient per split.
+        x01 = xs.unbind(1)
+        a01 = a.unbind(1)
+        return (x01[0] * a01[0]).addcmul_(x01[1], a01[1])
+    if _is_channels_last(x):
         # Reduce over R in the NHWC view, where (R, C) are the innermost dims, so the result is
         # channels_last without a copy.
         nhwc = x.permute(0, 2, 3, 1).view(b, h, w, radix, c)
         return (nhwc * attn.view(b, 1, 1, radix, c)).sum(3).permute(0, 3, 1, 2)
     return (xs * a).sum(1)
+
+
+def _weighted_sum_backward(grad: torch.Tensor, x: torch.Tensor, attn: torch.Tensor, radix: int,
+                           needs_x: bool, needs_attn: bool,
+                           ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(grad_x, grad_attn)`` of :func:`radix_weighted_sum` for the output gradient ``grad`` (B, C, H, W).
+
+    Differentiable ops only (double backward differentiates through them) and no memory-format query
+    that vmap's batched tensors refuse (``jacrev`` and ``vmap(grad(...))`` run this batched).
+    """
+    b, rc, h, w = x.shape
+    c = rc // radix
+    nhwc = _is_channels_last(x)
+    if nhwc:
+        # NHWC views: (B, H, W, R, C) for x and its gradient, (B, H, W, 1, C) for the output's.
+        g = grad.permute(0, 2, 3, 1).contiguous().unsqueeze(3)
+        xv = x.permute(0, 2, 3, 1).reshape(b, h, w, radix, c)
+        av = attn.view(b, 1, 1, radix, c)
+        hw_dims = (1, 2)
+    else:
+        g = grad.contiguous().unsqueeze(1)  # (B, 1, C, H, W)
+        xv = x.reshape(b, radix, c, h, w)
+        av = attn.view(b, radix, c, 1, 1)
+        hw_dims = (3, 4)
+    grad_x = grad_attn = None
+    if needs_x:
+        gx = g * av  # written once, contiguous in x's layout
+        grad_x = gx.permute(0, 3, 4, 1, 2).reshape(b, rc, h, w) if nhwc else gx.reshape(b, rc, h, w)
+    if needs_attn:
+        grad_attn = (xv * g).sum(hw_dims).reshape(b, rc)
+    return grad_x, grad_attn
 
 
 class _RadixWeightedSum(torch.autograd.Function):
@@ -226,45 +325,37 @@ class _RadixWeightedSum(torch.autograd.Function):
     gradient per split, copies into it and adds them up; this backward writes ``grad_x`` once
     (``grad_x_r = g * a_r``, in ``x``'s memory format) and reduces ``grad_a_r = sum_hw g * x_r`` directly.
     It saves the same two tensors as autograd would (``x``, which the preceding ReLU saves anyway, and ``a``).
+    The backward is itself made of differentiable ops (gradient penalties, ``torch.func.jacrev``/
+    ``hessian``), and the ``setup_context`` form with a vmap rule lets ``torch.func`` transform it.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
-        ctx.save_for_backward(x, attn)
-        ctx.radix = radix
+    def forward(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
         return _radix_weighted_sum(x, attn, radix)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, attn, radix = inputs
+        ctx.save_for_backward(x, attn)
+        ctx.radix = radix
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         x, attn = ctx.saved_tensors
-        r = ctx.radix
-        b, rc, h, w = x.shape
-        c = rc // r
-        nhwc = x.is_contiguous(memory_format=torch.channels_last)
-        if nhwc:
-            # NHWC views: (B, H, W, R, C) for x and its gradient, (B, H, W, 1, C) for the output's.
-            g = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).unsqueeze(3)
-            xv = x.permute(0, 2, 3, 1).view(b, h, w, r, c)
-            av = attn.view(b, 1, 1, r, c)
-            hw_dims = (1, 2)
-        else:
-            g = grad.contiguous().unsqueeze(1)  # (B, 1, C, H, W)
-            xv = x.view(b, r, c, h, w)
-            av = attn.view(b, r, c, 1, 1)
-            hw_dims = (3, 4)
-        grad_x = grad_attn = None
-        if ctx.needs_input_grad[0]:
-            gx = g * av  # written once, contiguous in x's layout
-            grad_x = gx.permute(0, 3, 4, 1, 2).reshape(b, rc, h, w) if nhwc else gx.view(b, rc, h, w)
-        if ctx.needs_input_grad[1]:
-            grad_attn = (xv * g).sum(hw_dims).reshape(b, rc)
+        grad_x, grad_attn = _weighted_sum_backward(grad, x, attn, ctx.radix, *ctx.needs_input_grad[:2])
         return grad_x, grad_attn, None
 
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[int | None, ...], x: torch.Tensor, attn: torch.Tensor, radix: int,
+             ) -> tuple[torch.Tensor, int]:
+        """vmap rule: the sum is per sample, so the vmapped dim folds into the batch dim."""
+        n = info.batch_size
+        x_dim, attn_dim, _ = in_dims
+        x = x.movedim(x_dim, 0) if x_dim is not None else x.expand(n, *x.shape)
+        attn = attn.movedim(attn_dim, 0) if attn_dim is not None else attn.expand(n, *attn.shape)
+        out = _RadixWeightedSum.apply(x.flatten(0, 1), attn.flatten(0, 1), radix)
+        return out.unflatten(0, (n, -1)), 0
 
-@torch.jit.unused
-def _radix_weighted_sum_autograd(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
-    return _RadixWeightedSum.apply(x, attn, radix)
 
-
-__all__ = ["SplitAttn", "check_int", "check_rate", "radix_softmax", "radix_weighted_sum"]
+__all__ = ["SplitAttn", "batch_stats_attention_norm", "check_int", "check_rate", "is_tracing",
+           "radix_softmax", "radix_weighted_sum", "uses_batch_stats"]
