@@ -4,7 +4,12 @@ Nothing here executes pickled code: ``.pth`` files go through ``torch.load(weigh
 file that needs more than tensors and plain containers is refused. A file never drives the program:
 the architecture its metadata records is checked (:func:`~splitattn.models.registry.validate_arch_kwargs`)
 and a malformed file raises :class:`~splitattn.errors.WeightsError` naming it. Downloads
-(:mod:`splitattn.download`) land in a cache directory and are checked against the release's SHA-256 prefix.
+(:mod:`splitattn.download`) land in a cache directory and are checked against the release's SHA-256 prefix,
+or against the Hugging Face Hub's hash for the hub's mirror of a release.
+
+A splitattn file records the model it holds (``model_name``, ``model_kwargs``, ``classes``, and
+``splitattn_cfg``), and :func:`file_source` reads it back, so ``create_model(name, pretrained=FILE)`` rebuilds
+that model; a file without metadata still tells its class count and input channels by its shapes.
 """
 
 from __future__ import annotations
@@ -21,10 +26,17 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .download import download, hash_prefix_in_name, url_file_name
-from .errors import SplitAttnError, WeightsError
+from .download import HashMismatchError, download, hash_prefix_in_name, hf_weights_file, url_file_name
+from .errors import MissingDependencyError, SplitAttnError, WeightsError
 from .fileio import atomic_write, safe_torch_load
-from .models.registry import check_model_name, short_repr, validate_arch_kwargs
+from .hub import ModelSource, local_weights_file
+from .models.registry import (
+    ModelCfg,
+    check_model_name,
+    get_pretrained_cfg,
+    short_repr,
+    validate_arch_kwargs,
+)
 
 log = logging.getLogger("splitattn")
 
@@ -162,22 +174,112 @@ def _check_saved_arch(meta: Mapping[str, str], cfg: Any, path: Path) -> None:
         )
 
 
-def _resolve_source(source: str | os.PathLike | bool, cfg: Any, name: str, progress: bool) -> Path:
-    """The local file of ``pretrained=source``: the release (``True``), a URL (downloaded) or a path."""
+def release_weights(cfg: ModelCfg, progress: bool = True) -> Path:
+    """The released weights of ``cfg``: its URL (SHA-256 prefix checked), else the Hugging Face mirror.
+
+    The mirror is the hub repo timm hosts the same weights in (``get_pretrained_cfg(name)["hf_hub_id"]``),
+    checked against the hub's hash. It is tried when the release cannot be downloaded (no network to it,
+    an HTTP error, a timeout); a file whose hash is wrong is reported, not routed around.
+
+    Raises:
+        HashMismatchError: the release file (downloaded or cached) or the mirror's has the wrong hash.
+        WeightsError: neither source answered; the message names both and why.
+    """
+    hub_id = get_pretrained_cfg(cfg.name).get("hf_hub_id")
+    if not cfg.url and not hub_id:
+        raise WeightsError(f"no released weights are known for {cfg.name}; pass a path or URL")
+    failures = []
+    if cfg.url:
+        try:
+            return download(cfg.url, cfg.hash_prefix or None, progress)
+        except HashMismatchError:
+            raise
+        except WeightsError as e:
+            failures.append(f"the release {cfg.url} ({e})")
+    if hub_id:
+        try:
+            path = hf_weights_file(hub_id)
+        except HashMismatchError:
+            raise
+        except (WeightsError, MissingDependencyError) as e:
+            failures.append(f"its Hugging Face mirror hf-hub:{hub_id} ({e})")
+        else:
+            if failures:
+                log.warning("%s: %s; loaded the Hugging Face mirror hf-hub:%s instead", cfg.name, failures[0],
+                            hub_id)
+            return path
+    raise WeightsError(f"the weights of {cfg.name} could not be had from " + ", nor from ".join(failures)
+                       + "; download them by hand and pass pretrained=PATH")
+
+
+def resolve_weights(source: str | os.PathLike | bool, cfg: ModelCfg | None, progress: bool = True) -> Path:
+    """The local file of ``pretrained=source``: the release (``True``), a URL (downloaded), a folder's
+    weights file, or a path."""
     if source is True:
-        if cfg is None or not cfg.url:
-            raise WeightsError(f"no released weights are known for {name}; pass a path or URL")
-        return download(cfg.url, cfg.hash_prefix or None, progress)
+        if cfg is None:
+            raise WeightsError("pretrained=True needs a registered model; pass a path or URL")
+        return release_weights(cfg, progress)
     if isinstance(source, str) and source.startswith(("http://", "https://", "file://")):
         # The release file's prefix from the config, else torch.hub's <name>-<hex>.<ext> convention.
         known = cfg is not None and cfg.hash_prefix and cfg.file_name == url_file_name(source)
         return download(source, cfg.hash_prefix if known else hash_prefix_in_name(source), progress)
-    return Path(source)
+    path = Path(source)
+    return local_weights_file(path, str(path)) if path.is_dir() else path
+
+
+def _recorded(meta: Mapping[str, str], path: Path) -> tuple[str | None, dict[str, Any], list[str] | None]:
+    """``(model name, architecture arguments, class names)`` a splitattn file records, validated."""
+    name = meta.get("model_name")
+    saved = saved_arch(meta, path)
+    if name is None and saved is not None:
+        name = saved[0]
+    source = f"weights file {path}"
+    if name is None:
+        return None, {}, None
+    name = check_model_name(name, source, WeightsError)
+    kwargs = validate_arch_kwargs(name, json_metadata(meta, "model_kwargs", path) or {}, source, WeightsError)
+    classes = json_metadata(meta, "classes", path)
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise WeightsError(f"{source}: metadata 'classes' must be a list of class names, got "
+                           f"{short_repr(classes)}")
+    return name, kwargs, classes
+
+
+def file_source(sd: Mapping[str, torch.Tensor], meta: Mapping[str, str], path: Path, cfg: ModelCfg,
+                ) -> ModelSource:
+    """The model a weights file describes, for ``create_model(cfg.name, pretrained=path)``.
+
+    A splitattn file's recorded architecture arguments and class names apply when it records this model;
+    the class count is the class list's, else the classifier's rows (0 for a splitattn file without one);
+    the input channels are the recorded ones, else the first conv's.
+
+    Raises:
+        WeightsError: invalid metadata, or a class list that disagrees with the classifier.
+    """
+    name, kwargs, classes = _recorded(meta, path)
+    if name is not None and name != cfg.name:
+        kwargs, classes = {}, None  # another model's file: refused by the architecture check when loading
+    fc = sd.get(f"{cfg.classifier}.weight")
+    rows = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None
+    if classes is not None and rows is not None and len(classes) != rows:
+        raise WeightsError(f"weights file {path} records {len(classes)} class names but its classifier has "
+                           f"{rows} rows: the file is inconsistent")
+    in_chans = kwargs.pop("in_chans", None)
+    conv = sd.get(f"{cfg.first_conv}.weight")
+    if in_chans is None and conv is not None and conv.ndim == 4:
+        in_chans = int(conv.shape[1])
+    pretrained_cfg = {"label_names": classes} if classes else {}
+    num_classes = len(classes) if classes else rows
+    if num_classes is None and name == cfg.name and not any(k.startswith(cfg.classifier + ".") for k in sd):
+        num_classes = 0  # our own file of a model without a classifier (num_classes=0)
+    return ModelSource(cfg.name, cfg.name, kwargs, num_classes, in_chans, pretrained_cfg, path, str(path))
 
 
 def _fit_state_dict(sd: dict[str, torch.Tensor], model: nn.Module, cfg: Any, name: str, path: Path,
-                    strict: bool) -> dict[str, torch.Tensor]:
-    """``sd`` adapted to ``model`` (counters, first conv, classifier); raises on what does not fit."""
+                    strict: bool, headless: bool = False) -> dict[str, torch.Tensor]:
+    """``sd`` adapted to ``model`` (counters, first conv, classifier); raises on what does not fit.
+
+    ``headless``: the file is known to hold no classifier, so the model's keeps its fresh init."""
     own = model.state_dict()
     # FrozenBatchNorm2d and GroupNorm keep no batch counter: drop the counters the file has.
     sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked") or k in own}
@@ -196,7 +298,9 @@ def _fit_state_dict(sd: dict[str, torch.Tensor], model: nn.Module, cfg: Any, nam
                     getattr(model, "num_classes", "?"))
         strict_cls = False
     else:
-        strict_cls = True
+        strict_cls = not (headless and not cls_keys)
+        if not strict_cls:
+            log.info("%s: %s holds no classifier; the new one keeps its initialisation", name, path)
 
     missing = [k for k in own if k not in sd and (strict_cls or not k.startswith(classifier + "."))]
     unexpected = [k[:80] for k in sd if k not in own]
@@ -217,28 +321,14 @@ def _fit_state_dict(sd: dict[str, torch.Tensor], model: nn.Module, cfg: Any, nam
     return sd
 
 
-def load_pretrained(
-    model: nn.Module,
-    source: str | os.PathLike | bool,
-    cfg: Any = None,
-    strict: bool = True,
-    progress: bool = True,
-) -> nn.Module:
-    """Load weights into ``model`` from ``True`` (the release URL in ``cfg``), a URL or a path.
-
-    The classifier is dropped when ``model.num_classes`` differs from the checkpoint's (logged), and the
-    first conv is adapted when ``model.in_chans`` differs. With ``strict=False``, missing keys keep their
-    initialisation and mis-shaped ones are skipped (logged).
-
-    Raises:
-        WeightsError: unreadable file, failed download, hash mismatch, or missing / unexpected /
-            mis-shaped keys (the first few of each are named, with the model).
-    """
+def load_state_dict_into(model: nn.Module, sd: dict[str, torch.Tensor], meta: Mapping[str, str], path: Path,
+                         cfg: ModelCfg | None = None, strict: bool = True, headless: bool = False,
+                         ) -> nn.Module:
+    """Load a state dict read from ``path`` into ``model``, adapted as :func:`load_pretrained` says
+    (``headless``: the file is known to have no classifier, e.g. a splitattn file of ``num_classes=0``)."""
     name = getattr(cfg, "name", type(model).__name__)
-    path = _resolve_source(source, cfg, name, progress)
-    sd, meta = read_state_dict(path)
     _check_saved_arch(meta, cfg, path)
-    sd = _fit_state_dict(sd, model, cfg, name, path, strict)
+    sd = _fit_state_dict(sd, model, cfg, name, path, strict, headless)
     try:
         model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # e.g. a dtype that cannot be copied into the parameters
@@ -246,18 +336,57 @@ def load_pretrained(
     return model
 
 
+def load_pretrained(
+    model: nn.Module,
+    source: str | os.PathLike | bool,
+    cfg: ModelCfg | None = None,
+    strict: bool = True,
+    progress: bool = True,
+) -> nn.Module:
+    """Load weights into ``model`` from ``True`` (the release in ``cfg``), a URL, a file or a model folder.
+
+    The classifier is dropped when ``model.num_classes`` differs from the checkpoint's (logged), and the
+    first conv is adapted when ``model.in_chans`` differs. With ``strict=False``, missing keys keep their
+    initialisation and mis-shaped ones are skipped (logged). ``cfg`` defaults to ``model.model_cfg``.
+
+    Raises:
+        WeightsError: unreadable file, failed download, hash mismatch, or missing / unexpected /
+            mis-shaped keys (the first few of each are named, with the model).
+    """
+    cfg = cfg if cfg is not None else getattr(model, "model_cfg", None)
+    path = resolve_weights(source, cfg, progress)
+    sd, meta = read_state_dict(path)
+    return load_state_dict_into(model, sd, meta, path, cfg, strict)
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return isinstance(value, str | int | float | bool) or value is None
+
+
 def save_weights(
     model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write ``model``'s state dict as safetensors, atomically, with its config as metadata.
+    """Write ``model``'s state dict as safetensors, atomically, with what rebuilds it as metadata.
 
-    The metadata holds ``splitattn_cfg`` (the model's registry record as JSON) when the model has one,
-    plus any string-convertible ``metadata`` given.
+    The metadata holds ``splitattn_cfg`` (the model's registry record as JSON), ``model_name`` and
+    ``model_kwargs`` (the architecture arguments ``create_model`` was given, ``in_chans`` included) when
+    the model has them, plus any ``metadata`` given (strings as they are, other values as JSON), which
+    takes precedence. ``create_model(name, pretrained=path)`` then rebuilds the same model.
     """
     meta = {"format": "pt", "producer": "splitattn"}
-    cfg = getattr(model, "pretrained_cfg", None)
+    cfg = getattr(model, "model_cfg", None)
+    if cfg is None and isinstance(getattr(model, "pretrained_cfg", None), ModelCfg):
+        cfg = model.pretrained_cfg
     if cfg is not None:
         meta["splitattn_cfg"] = json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg, default=str)
+        meta["model_name"] = cfg.name
+    kwargs = getattr(model, "model_kwargs", None)
+    if isinstance(kwargs, Mapping) and all(_plain(v) for v in kwargs.values()):
+        meta["model_kwargs"] = json.dumps(dict(kwargs))
+    elif kwargs:
+        log.warning("%s: model_kwargs %s are not all plain values; not recorded in the file", path, kwargs)
     for k, v in (metadata or {}).items():
         meta[k] = v if isinstance(v, str) else json.dumps(v, default=str)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

@@ -186,7 +186,8 @@ class ClassificationTask(Task):
         c = self.cfg
         model = create_model(c.model, pretrained=c.pretrained or False, num_classes=len(self.classes),
                              drop_rate=c.drop_rate, drop_block_rate=c.drop_block_rate,
-                             zero_init_last=c.zero_init_last, norm_layer=c.norm_layer, **c.model_kwargs)
+                             zero_init_last=c.zero_init_last, norm_layer=c.norm_layer,
+                             **{"in_chans": 3, **c.model_kwargs})  # RGB loader, whatever the weights had
         return apply_data_config(model, self.data_cfg)
 
     def peak_lr(self, global_batch: int) -> float:
