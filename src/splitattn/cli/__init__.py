@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "eval",
     "predict",
     "plot",
+    "explain",
     "export_weights",
     "detect_segment",
     "bench",
