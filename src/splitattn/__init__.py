@@ -5,6 +5,7 @@ The library: models (:func:`create_model`, the detection and segmentation models
 The training application is :mod:`splitattn.engine`; the command line is :mod:`splitattn.cli`.
 """
 
+from .attention import attention_maps
 from .data.preprocessing import DataConfig, resolve_data_config
 from .errors import (
     CheckpointError,
@@ -16,8 +17,10 @@ from .errors import (
     WeightsError,
 )
 from .factory import create_model
+from .hub import save_pretrained
 from .inference import optimize_for_inference
 from .models import ModelCfg, ResNeSt, get_model_cfg, list_models, set_drop_block_prob
+from .quantize import load_quantized, quantize
 from .weights import load_pretrained, save_weights
 
 __version__ = "0.1.0"
@@ -34,12 +37,16 @@ __all__ = [
     "TrainingDivergedError",
     "WeightsError",
     "__version__",
+    "attention_maps",
     "create_model",
     "get_model_cfg",
     "list_models",
     "load_pretrained",
+    "load_quantized",
     "optimize_for_inference",
+    "quantize",
     "resolve_data_config",
+    "save_pretrained",
     "save_weights",
     "set_drop_block_prob",
 ]

@@ -16,6 +16,7 @@ import json
 import statistics
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch import nn
 from .amp import autocast, make_grad_scaler
 from .errors import InputError
 from .fileio import atomic_write_text
+from .layers.split_attn import SplitAttn, _radix_weighted_sum
 
 DEFAULT_MODELS = ("splitattn:resnest50", "timm:resnest50d", "official:resnest50", "tv:resnet50",
                   "timm:resnet50d")
@@ -35,9 +37,14 @@ REF_RESNEST = "timm:resnest50d"
 REF_RESNET = "tv:resnet50"
 
 _VARIANTS = {"": "", "opt": " (optimized)", "fold": " (BN folded only)",
-             "ckpt": " (grad checkpointing)", "ckpt-attn": " (attention recompute)"}
-INFER_ONLY = ("opt", "fold")
+             "ckpt": " (grad checkpointing)", "ckpt-attn": " (attention recompute)",
+             "wsum-old": " (weighted sum: old backward)", "wsum-plain": " (weighted sum: plain autograd)",
+             "int8": " (INT8)", "bf16": " (bf16)", "bf16-compile": " (bf16, compiled)"}
+# Inference rows in another precision (splitattn.quantize / a bf16 model), CPU INT8 on any source but onnx.
+LOW_PRECISION = ("int8", "bf16", "bf16-compile")
+INFER_ONLY = ("opt", "fold", *LOW_PRECISION)
 TRAIN_ONLY = ("ckpt", "ckpt-attn")
+SPLITATTN_ONLY = ("opt", "fold", "ckpt-attn", "wsum-old", "wsum-plain")
 
 
 def _default_device() -> str:
@@ -112,21 +119,90 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
 
     Variants: ``+opt`` / ``+fold``: optimize_for_inference with / without the fused convs (inference
     only); ``+ckpt``: ``set_grad_checkpointing(True)`` (training only; splitattn and timm models);
-    ``+ckpt-attn``: ``set_grad_checkpointing("attn")`` (training only; splitattn models).
+    ``+ckpt-attn``: ``set_grad_checkpointing("attn")`` (training only; splitattn models);
+    ``+wsum-old`` / ``+wsum-plain``: the Split-Attention weighted sum run by the previous hand-written
+    backward (once-differentiable) / by autograd over plain ops, the A/B references of the current one
+    (splitattn models; inference, which needs no backward, runs the same ops in all three);
+    ``+int8``: :func:`splitattn.quantize` calibrated on random batches of the row's input (CPU; for
+    ``onnx:`` rows the QDQ model of :func:`~splitattn.export.export_onnx_int8`); ``+bf16``: bf16 weights
+    and inputs, through ``optimize_for_inference(dtype=torch.bfloat16)`` for splitattn models;
+    ``+bf16-compile``: the same through ``torch.compile`` with inductor freezing, as the INT8 rows run.
     ``@cl`` / ``@nchw``: this row's memory format, overriding ``channels_last``, so that models can be
     compared each in its best layout within one run.
     """
     rest, _, layout = spec.partition("@")
     base, _, variant = rest.partition("+")
     if variant not in _VARIANTS or layout not in ("", "cl", "nchw"):
-        raise InputError(f"bad model spec {spec!r}: expected SOURCE:NAME[+opt|+fold|+ckpt|+ckpt-attn]"
-                         "[@cl|@nchw]")
+        raise InputError(f"bad model spec {spec!r}: expected SOURCE:NAME[+opt|+fold|+ckpt|+ckpt-attn|"
+                         "+wsum-old|+wsum-plain|+int8|+bf16|+bf16-compile][@cl|@nchw]")
     source = base.partition(":")[0]
-    if (variant in INFER_ONLY or variant == "ckpt-attn") and source != "splitattn":
+    if source == "onnx" and variant not in ("", "int8"):
+        raise InputError(f"bad model spec {spec!r}: onnx: rows take no variant but +int8 (QDQ INT8)")
+    if variant in SPLITATTN_ONLY and source != "splitattn":
         raise InputError(f"bad model spec {spec!r}: +{variant} applies to splitattn: models only")
     if variant == "ckpt" and source not in ("splitattn", "timm"):
         raise InputError(f"bad model spec {spec!r}: +ckpt applies to splitattn: and timm: models only")
     return base, variant, layout or None
+
+
+class _OldRadixWeightedSum(torch.autograd.Function):
+    """The weighted sum's previous backward (once-differentiable, ``ctx`` in ``forward``): the A/B reference
+    of :class:`splitattn.layers.split_attn._RadixWeightedSum`, kept for ``+wsum-old`` rows only."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
+        ctx.save_for_backward(x, attn)
+        ctx.radix = radix
+        return _radix_weighted_sum(x, attn, radix)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, attn = ctx.saved_tensors
+        r = ctx.radix
+        b, rc, h, w = x.shape
+        c = rc // r
+        nhwc = x.is_contiguous(memory_format=torch.channels_last)
+        if nhwc:
+            g = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).unsqueeze(3)
+            xv = x.permute(0, 2, 3, 1).view(b, h, w, r, c)
+            av = attn.view(b, 1, 1, r, c)
+            hw_dims = (1, 2)
+        else:
+            g = grad.contiguous().unsqueeze(1)
+            xv = x.view(b, r, c, h, w)
+            av = attn.view(b, r, c, 1, 1)
+            hw_dims = (3, 4)
+        grad_x = grad_attn = None
+        if ctx.needs_input_grad[0]:
+            gx = g * av
+            grad_x = gx.permute(0, 3, 4, 1, 2).reshape(b, rc, h, w) if nhwc else gx.view(b, rc, h, w)
+        if ctx.needs_input_grad[1]:
+            grad_attn = (xv * g).sum(hw_dims).reshape(b, rc)
+        return grad_x, grad_attn, None
+
+
+def _old_weighted_sum(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
+    if radix > 1 and torch.is_grad_enabled() and (x.requires_grad or attn.requires_grad):
+        return _OldRadixWeightedSum.apply(x, attn, radix)
+    return _radix_weighted_sum(x, attn, radix)
+
+
+def _tail_with(weighted_sum: Callable[..., torch.Tensor], mod: SplitAttn, x: torch.Tensor) -> torch.Tensor:
+    # SplitAttn.tail with another weighted sum.
+    x = mod.act0(mod.drop(mod.bn0(x)))
+    return weighted_sum(x, mod.attention(x), mod.radix)
+
+
+def use_weighted_sum(model: nn.Module, variant: str) -> nn.Module:
+    """``model`` with every SplitAttn's weighted sum replaced for a ``+wsum-old`` / ``+wsum-plain`` row
+    (per instance, so the other rows of the same run keep the library's); other variants: unchanged."""
+    fn = {"wsum-old": _old_weighted_sum, "wsum-plain": _radix_weighted_sum}.get(variant)
+    if fn is not None:
+        for m in model.modules():
+            if isinstance(m, SplitAttn):
+                m.tail = types.MethodType(lambda mod, x, fn=fn: _tail_with(fn, mod, x), m)
+    return model
 
 
 @dataclass
@@ -165,7 +241,7 @@ def saved_activation_mb(step: Callable[[], torch.Tensor]) -> float:
 def _infer_fn(model: nn.Module, variant: str, x: torch.Tensor, cfg: BenchConfig,
               channels_last: bool) -> Callable[[], torch.Tensor]:
     m = model.eval()
-    if variant:
+    if variant in INFER_ONLY:
         from .inference import optimize_for_inference
 
         m = optimize_for_inference(model, channels_last=channels_last, fuse=variant == "opt")
@@ -186,7 +262,7 @@ def _train_fns(base: str, variant: str, x: torch.Tensor, y: torch.Tensor, cfg: B
     """``(train step, forward + loss only)`` of a fresh model of ``base``."""
     device = x.device
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    tm = build_model(base).to(device).to(memory_format=fmt).train()
+    tm = use_weighted_sum(build_model(base), variant).to(device).to(memory_format=fmt).train()
     if variant in TRAIN_ONLY:
         tm.set_grad_checkpointing(True if variant == "ckpt" else "attn")
     opt = torch.optim.SGD(tm.parameters(), lr=1e-4, momentum=0.9)
@@ -219,12 +295,14 @@ def make_runner(spec: str, cfg: BenchConfig, modes: list[str]) -> Runner:
     y = torch.randint(0, 1000, (cfg.batch_size,), generator=gen).to(device)
     x = x.to(device).contiguous(memory_format=fmt)
     label = base + (f"@{layout}" if layout else "") + _VARIANTS[variant]
-    model = build_model(base).to(device)
+    model = use_weighted_sum(build_model(base), variant).to(device)
     runner = Runner(label, sum(p.numel() for p in model.parameters()), channels_last)
     if base.startswith("onnx:"):
-        runner.infer = _onnx_runner(model, cfg)
+        runner.infer = _onnx_runner(model, cfg, int8=variant == "int8")
         return runner
-    if "infer" in modes and variant not in TRAIN_ONLY:
+    if "infer" in modes and variant in LOW_PRECISION:
+        runner.infer = _low_precision_fn(base, model, variant, x, cfg, channels_last)
+    elif "infer" in modes and variant not in TRAIN_ONLY:
         runner.infer = _infer_fn(model, variant, x, cfg, channels_last)
     if "train" in modes and variant not in INFER_ONLY:
         runner.train, forward_loss = _train_fns(base, variant, x, y, cfg, channels_last)
@@ -233,15 +311,64 @@ def make_runner(spec: str, cfg: BenchConfig, modes: list[str]) -> Runner:
     return runner
 
 
-def _onnx_runner(model: nn.Module, cfg: BenchConfig) -> Callable[[], Any]:
+def _calibration(cfg: BenchConfig, n: int = 2) -> list[torch.Tensor]:
+    # Speed does not depend on the calibrated ranges: random batches of the benchmark's input.
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, generator=gen) for _ in range(n)]
+
+
+def _low_precision_fn(base: str, model: nn.Module, variant: str, x: torch.Tensor, cfg: BenchConfig,
+                      channels_last: bool) -> Callable[[], torch.Tensor]:
+    """A ``+int8`` (:func:`splitattn.quantize`, compiled) or ``+bf16`` inference closure."""
+    if variant == "int8":
+        from .quantize import quantize
+
+        if cfg.device != "cpu":
+            raise InputError("+int8 rows run on the CPU (oneDNN INT8); drop them or use --device cpu")
+        qmodel = quantize(model.eval(), _calibration(cfg))
+        x_nchw = x.contiguous()  # the layout the INT8 program was compiled for
+        return lambda: qmodel(x_nchw)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if base.startswith("splitattn:"):
+        from .inference import optimize_for_inference
+
+        m = optimize_for_inference(model, channels_last=channels_last, dtype=torch.bfloat16)
+    else:
+        m = model.eval().to(torch.bfloat16).to(memory_format=fmt)
+    xb = x.to(torch.bfloat16).contiguous(memory_format=fmt)
+    if variant == "bf16-compile":
+        import torch._inductor.config as inductor_config
+
+        compiled = torch.compile(m)
+
+        def infer_compiled() -> torch.Tensor:
+            # Freezing (weights as constants, pre-packed for oneDNN) is read when dynamo compiles.
+            with torch.no_grad(), inductor_config.patch(freezing=True):
+                return compiled(xb)
+
+        return infer_compiled
+    if cfg.compile:
+        m = torch.compile(m)
+
+    def infer() -> torch.Tensor:
+        with torch.inference_mode():
+            return m(xb)
+
+    return infer
+
+
+def _onnx_runner(model: nn.Module, cfg: BenchConfig, int8: bool = False) -> Callable[[], Any]:
     from .errors import require
-    from .export import export_onnx
+    from .export import export_onnx, export_onnx_int8
 
     ort: Any = require("onnxruntime", "export", "the onnx: benchmark rows")
     if cfg.device != "cpu":
         raise InputError("the onnx: rows run onnxruntime on the CPU; drop --onnx or use --device cpu")
     path = Path(tempfile.mkdtemp(prefix="splitattn-bench-")) / "model.onnx"
-    export_onnx(model.eval(), path, image_size=cfg.img_size, batch_size=2)
+    if int8:
+        export_onnx_int8(model.eval(), path, _calibration(cfg), image_size=cfg.img_size)
+    else:
+        export_onnx(model.eval(), path, image_size=cfg.img_size, batch_size=2)
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads
     so.inter_op_num_threads = 1
@@ -403,4 +530,4 @@ def write_outputs(rows: list[dict[str, Any]], csv_path: str | None = None, json_
 
 __all__ = ["BenchConfig", "DEFAULT_MODELS", "REF_RESNEST", "REF_RESNET", "Runner", "build_model",
            "expand_specs", "make_runner", "parse_spec", "render", "run_benchmark", "saved_activation_mb",
-           "time_steps", "write_outputs"]
+           "time_steps", "use_weighted_sum", "write_outputs"]

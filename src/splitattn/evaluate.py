@@ -24,7 +24,7 @@ from .data.imagefolder import ImageFolderDataset, collate_skip_bad
 from .data.preprocessing import resolve_data_config
 from .data.transforms import create_eval_transform, detection_collate, segmentation_collate
 from .distributed import all_reduce_sum, is_dist
-from .errors import DataError, MissingFileError, SplitAttnError, worker_error
+from .errors import DataError, InputError, MissingFileError, SplitAttnError, worker_error
 from .metrics import SegmentationMetric, coco_evaluate, to_coco_results, topk_hits
 from .predict import imagenet_classes, load_for_inference
 
@@ -63,7 +63,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 @torch.inference_mode()
 def evaluate_classifier(model: nn.Module, loader: Iterable[Any], device: torch.device, amp: str = "off",
-                        channels_last: bool = False, progress: Any | None = None) -> dict[str, float]:
+                        channels_last: bool = False, progress: Any | None = None,
+                        input_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Top-1/top-5 accuracy (%) and mean cross-entropy of ``model`` over ``loader``.
 
     Args:
@@ -73,6 +74,8 @@ def evaluate_classifier(model: nn.Module, loader: Iterable[Any], device: torch.d
         amp: autocast mode, ``"bf16"``, ``"fp16"`` or ``"off"`` (see :func:`splitattn.amp.autocast`).
         channels_last: feed NHWC tensors.
         progress: anything with ``update(n)`` (e.g. the engine's ``EpochProgress``), called per batch.
+        input_dtype: cast the images to this dtype (``torch.bfloat16`` for a model converted by
+            ``optimize_for_inference(model, dtype=torch.bfloat16)``).
 
     Returns:
         ``{"loss", "top1", "top5", "images", "skipped", "images_per_sec", "seconds"}``, summed over ranks.
@@ -88,7 +91,7 @@ def evaluate_classifier(model: nn.Module, loader: Iterable[Any], device: torch.d
             sums[4] += batch[2]
         if x.numel() == 0:
             continue
-        x = x.to(device, non_blocking=True)
+        x = x.to(device, dtype=input_dtype, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
@@ -215,7 +218,8 @@ def _class_remap(folder_classes: Sequence[str], classes: Sequence[str], folder: 
 def evaluate_folder(weights: str, data: str, model_name: str | None = None, img_size: int | None = None,
                     crop_ratio: float | None = None, batch_size: int = 64, workers: int = 4,
                     device: str = "auto", amp: str = "off", ema: bool = False,
-                    skip_bad_images: bool = False) -> dict[str, Any]:
+                    skip_bad_images: bool = False, precision: str = "fp32", calibration: str | None = None,
+                    calibration_images: int = 512) -> dict[str, Any]:
     """Evaluate ``weights`` on ``data`` (a folder with ``val/``, or the val folder itself).
 
     The class folders must be classes stored with the weights (matched by name); for ImageNet weights
@@ -231,11 +235,22 @@ def evaluate_folder(weights: str, data: str, model_name: str | None = None, img_
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         ema: the EMA weights of a training checkpoint.
         skip_bad_images: skip (and count) undecodable images instead of stopping.
+        precision: ``"fp32"``; ``"bf16"``: the model of ``optimize_for_inference(model,
+            dtype=torch.bfloat16)`` on bf16 inputs; ``"int8"``: :func:`splitattn.quantize` (CPU only),
+            calibrated on ``calibration_images`` images of ``calibration``. For bf16 and int8 the fp32
+            model is evaluated first, on the same images.
+        calibration: the folder of calibration images (default: the ``train`` folder next to the val
+            folder).
+        calibration_images: how many (chosen at random with a fixed seed).
 
     Returns:
-        :func:`evaluate_classifier`'s metrics plus ``crop_size``, ``resize_size``, ``crop_pct``,
-        ``interpolation``, ``mean``, ``std``, ``weights``, ``data`` and ``model``.
+        :func:`evaluate_classifier`'s metrics (of ``precision``) plus ``crop_size``, ``resize_size``,
+        ``crop_pct``, ``interpolation``, ``mean``, ``std``, ``weights``, ``data``, ``model`` and
+        ``precision``; for bf16/int8 also ``fp32`` (the fp32 metrics) and, for int8, ``calibration``
+        (folder) and ``calibration_images`` (count).
     """
+    if precision not in ("fp32", "bf16", "int8"):
+        raise InputError(f"precision must be 'fp32', 'bf16' or 'int8', got {precision!r}")
     root = Path(data)
     if not root.is_dir():
         raise MissingFileError(f"data folder {root} does not exist")
@@ -253,14 +268,52 @@ def evaluate_folder(weights: str, data: str, model_name: str | None = None, img_
     dev = torch.device(device)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad,
                         pin_memory=dev.type == "cuda")
+    extra: dict[str, Any] = {}
+    if precision == "int8" and dev.type != "cpu":
+        raise InputError(f"INT8 evaluation runs on the CPU; drop --device {device} or use --device cpu")
     try:
         res: dict[str, Any] = evaluate_classifier(model.to(dev), loader, dev, amp)
+        if precision != "fp32":
+            extra["fp32"] = {k: res[k] for k in ("top1", "top5", "loss", "images_per_sec")}
+            low, input_dtype, info = _low_precision(model, precision, data_cfg, val_dir, calibration,
+                                                    calibration_images)
+            extra.update(info)
+            res = evaluate_classifier(low, loader, dev, "off", input_dtype=input_dtype)
     except SplitAttnError as e:  # re-raised by a DataLoader worker with its traceback in the message
         raise worker_error(e) from None
+    res.update(precision=precision, **extra)
     res.update(crop_size=data_cfg.crop_size, resize_size=data_cfg.resize_size, crop_pct=data_cfg.crop_pct,
                interpolation=data_cfg.interpolation, mean=list(data_cfg.mean), std=list(data_cfg.std),
-               weights=str(weights), data=str(val_dir), model=model.pretrained_cfg.name)
+               weights=str(weights), data=str(val_dir), model=_model_name(model))
     return res
+
+
+def _low_precision(model: nn.Module, precision: str, data_cfg: Any, val_dir: Path, calibration: str | None,
+                   calibration_images: int) -> tuple[nn.Module, torch.dtype | None, dict[str, Any]]:
+    """``(model in bf16 or INT8, its input dtype, what to report)`` for :func:`evaluate_folder`."""
+    from .inference import optimize_for_inference
+
+    if precision == "bf16":
+        return optimize_for_inference(model, dtype=torch.bfloat16), torch.bfloat16, {}
+    from .quantize import calibration_batches, quantize
+
+    folder = Path(calibration) if calibration else val_dir.parent / "train"
+    if not calibration and not folder.is_dir():
+        raise MissingFileError(f"no train/ folder next to {val_dir} to calibrate the INT8 model on; pass "
+                               "--calibration DIR (a folder of a few hundred training images)")
+    batches = calibration_batches(folder, data_cfg, calibration_images)
+    info = {"calibration": str(folder), "calibration_images": sum(len(b) for b in batches)}
+    return quantize(model.cpu(), batches), None, info
+
+
+def _model_name(model: nn.Module) -> str:
+    """The registry name of a model of create_model, else its pretrained_cfg's architecture or class."""
+    cfg = getattr(model, "model_cfg", None)
+    if cfg is not None:
+        return cfg.name
+    pcfg = getattr(model, "pretrained_cfg", None)
+    name = getattr(pcfg, "name", None) or (pcfg.get("architecture") if isinstance(pcfg, dict) else None)
+    return name or type(model).__name__
 
 
 __all__ = ["evaluate_classifier", "evaluate_detection", "evaluate_folder", "evaluate_segmentation",

@@ -8,10 +8,15 @@ is dynamic: a model exported at batch 2 runs at any batch size in onnxruntime.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,7 +25,8 @@ from .fileio import atomic_write
 
 log = logging.getLogger("splitattn")
 
-__all__ = ["export_onnx", "export_torchscript", "onnx_max_abs_diff", "torchscript_max_abs_diff"]
+__all__ = ["export_onnx", "export_onnx_int8", "export_torchscript", "onnx_max_abs_diff", "onnx_predict",
+           "torchscript_max_abs_diff"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -82,6 +88,97 @@ def export_onnx(
             program.save(tmp)
 
     return atomic_write(path, write)
+
+
+class _CalibrationReader:
+    """onnxruntime's ``CalibrationDataReader`` protocol over image batches: ``get_next()`` -> feed or None."""
+
+    def __init__(self, batches: Iterable[torch.Tensor]) -> None:
+        self._it = iter(batches)
+
+    def get_next(self) -> dict[str, Any] | None:
+        x = next(self._it, None)
+        if x is None:
+            return None
+        if isinstance(x, tuple | list):
+            x = x[0]
+        return {INPUT_NAME: x.detach().float().cpu().contiguous().numpy()}
+
+
+def export_onnx_int8(
+    model: nn.Module,
+    path: str | os.PathLike,
+    calibration: Iterable[torch.Tensor],
+    image_size: int | tuple[int, int] = 224,
+    opset: int = 17,
+    method: str = "minmax",
+) -> Path:
+    """Write ``model`` as a statically quantized INT8 ONNX model (QDQ format) for onnxruntime.
+
+    The float model is exported (:func:`export_onnx`, BatchNorms folded first), pre-processed by
+    onnxruntime (shape inference, graph optimisation) and quantized with
+    ``onnxruntime.quantization.quantize_static``: weights int8 per output channel (symmetric),
+    activations uint8 per tensor (affine), ranges from the calibration batches. That is the scheme of
+    :func:`splitattn.quantize`; onnxruntime's x86 kernels use VNNI where the CPU has it.
+
+    Args:
+        model: a float classifier ``(B, C, H, W) -> (B, K)``.
+        path: output ``.onnx`` file (dynamic batch axis, input ``"input"``, output ``"output"``).
+        calibration: batches ``(B, C, H, W)`` preprocessed as for evaluation (or ``(images, targets)``).
+        image_size: the calibration images' size.
+        opset: ONNX opset of the float export (quantization needs >= 13).
+        method: ``"minmax"``, ``"entropy"`` or ``"percentile"`` (onnxruntime's ``CalibrationMethod``).
+
+    Returns:
+        The written path.
+    """
+    from .errors import InputError, require
+
+    ort_quant: Any = require("onnxruntime.quantization", "export", "INT8 ONNX export")
+    methods = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+    if method not in methods:
+        raise InputError(f"method must be one of {sorted(methods)}, got {method!r}")
+    from .inference import optimize_for_inference
+
+    folded = optimize_for_inference(model, channels_last=False, fuse=False)
+    with tempfile.TemporaryDirectory(prefix="splitattn-onnx-int8-") as tmp_dir:
+        fp32 = Path(tmp_dir) / "fp32.onnx"
+        prepared = Path(tmp_dir) / "prepared.onnx"
+        export_onnx(folded, fp32, image_size=image_size, batch_size=2, opset=opset)
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(fp32), str(prepared))
+
+        def write(tmp: str) -> None:
+            # onnxruntime's quantizer logs every bias copy on the root logger and prints its calibration
+            # progress; neither says anything the caller needs.
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(max(level, logging.WARNING))
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    ort_quant.quantize_static(
+                        str(prepared), tmp, _CalibrationReader(calibration),
+                        quant_format=ort_quant.QuantFormat.QDQ, per_channel=True,
+                        activation_type=ort_quant.QuantType.QUInt8, weight_type=ort_quant.QuantType.QInt8,
+                        calibrate_method=getattr(ort_quant.CalibrationMethod, methods[method]),
+                    )
+            finally:
+                root.setLevel(level)
+
+        return atomic_write(path, write)
+
+
+def onnx_predict(path: str | os.PathLike, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+    """Logits of the ONNX model at ``path`` for the batch ``x`` ``(B, C, H, W)``, run by onnxruntime (CPU)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x.detach().float().cpu().contiguous().numpy()})[0]
+    return torch.from_numpy(out)
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike) -> Path:

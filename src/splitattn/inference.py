@@ -335,7 +335,8 @@ def fuse_activations(model: nn.Module) -> int:
 
 
 def optimize_for_inference(
-    model: nn.Module, channels_last: bool = True, inplace: bool = False, fuse: bool = True
+    model: nn.Module, channels_last: bool = True, inplace: bool = False, fuse: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """An eval-only copy of ``model`` with every BatchNorm folded into its conv, in channels_last.
 
@@ -360,17 +361,27 @@ def optimize_for_inference(
             fp32 the fused convs run as prepacked oneDNN primitives: their reordered weights (one copy of the
             conv weights per input shape, at most 4 shapes) are cached on first use; the cache is not part
             of the state dict and is dropped by ``copy.deepcopy`` and pickling.
+        dtype: convert the folded model's parameters to this floating dtype, e.g. ``torch.bfloat16``
+            (the BatchNorms are folded in float64 first, then rounded once). Feed it inputs of that
+            dtype (``x.to(torch.bfloat16)``); it returns logits of that dtype. On CPUs with AVX512-BF16
+            or AMX, bf16 convolutions run on oneDNN's bf16 kernels (fp32 accumulation). ``None`` keeps
+            the dtype of ``model``.
 
     Returns:
-        The folded model in eval mode, on the device and dtype of ``model``.
+        The folded model in eval mode, on the device of ``model``, in ``dtype`` (default: the dtype of
+        ``model``).
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"optimize_for_inference expects an nn.Module, got {type(model).__name__}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise InputError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
     out = model if inplace else copy.deepcopy(model)
     out.eval()
     fold_batchnorms(out)
     if fuse:
         fuse_activations(out)
+    if dtype is not None:
+        out = out.to(dtype)
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
     for p in out.parameters():

@@ -10,18 +10,28 @@ from . import make_console
 
 
 def run(args: argparse.Namespace) -> int:
+    precision = "int8" if args.int8 else "bf16" if args.bf16 else "fp32"
     res = evaluate_folder(args.weights, args.data, args.model, args.img_size, args.crop_ratio,
                           args.batch_size, args.workers, args.device, args.amp, args.ema,
-                          skip_bad_images=args.skip_bad_images)
+                          skip_bad_images=args.skip_bad_images, precision=precision,
+                          calibration=args.calibration, calibration_images=args.calibration_images)
     if args.json:
         print(json.dumps(res))
         return 0
     skipped = f", {res['skipped']} unreadable images skipped" if res["skipped"] else ""
-    make_console().print(
+    console = make_console()
+    console.print(
         f"{res['model']} on {res['data']} ({res['images']} images{skipped}; crop {res['crop_size']} from "
-        f"{res['resize_size']}, {res['interpolation']}): top-1 [bold]{res['top1']:.2f}%[/bold], "
-        f"top-5 {res['top5']:.2f}%, loss {res['loss']:.4f}, {res['images_per_sec']:.1f} images/s"
+        f"{res['resize_size']}, {res['interpolation']})"
+        + (f"; INT8 calibrated on {res['calibration_images']} images of {res['calibration']}"
+           if precision == "int8" else "")
     )
+    rows = [("fp32", res["fp32"]), (precision, res)] if precision != "fp32" else [("fp32", res)]
+    for name, r in rows:
+        delta = f" ({r['top1'] - rows[0][1]['top1']:+.2f} pt)" if name != "fp32" else ""
+        note = " (including the one-time compile)" if name == "int8" else ""
+        console.print(f"  {name:5s} top-1 [bold]{r['top1']:.2f}%[/bold]{delta}, top-5 {r['top5']:.2f}%, "
+                      f"loss {r['loss']:.4f}, {r['images_per_sec']:.1f} images/s{note}")
     return 0
 
 
@@ -39,5 +49,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema", action="store_true", help="the EMA weights of a training checkpoint")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="skip (and count) images that cannot be decoded instead of stopping")
+    low = p.add_mutually_exclusive_group()
+    low.add_argument("--int8", action="store_true",
+                     help="also evaluate the post-training INT8 model (splitattn.quantize, CPU with VNNI) "
+                          "and print its accuracy next to fp32's")
+    low.add_argument("--bf16", action="store_true",
+                     help="also evaluate the bf16 model (optimize_for_inference(dtype=torch.bfloat16)) and "
+                          "print its accuracy next to fp32's")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="INT8 calibration images (default: the train/ folder next to the val folder)")
+    p.add_argument("--calibration-images", type=int, default=512, metavar="N",
+                   help="how many calibration images (default 512, chosen with a fixed seed)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

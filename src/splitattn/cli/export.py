@@ -1,15 +1,18 @@
-"""``splitattn export --model NAME [--weights FILE] --format onnx|torchscript OUT``."""
+"""``splitattn export --model NAME [--weights FILE] --format onnx|torchscript|pt2 [--int8 ...] OUT``."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
+from ..errors import InputError
 from . import make_console
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import create_model
+    from ..data.preprocessing import resolve_data_config
     from ..export import export_onnx, export_torchscript, onnx_max_abs_diff, torchscript_max_abs_diff
     from ..inference import optimize_for_inference
 
@@ -18,7 +21,11 @@ def run(args: argparse.Namespace) -> int:
     if args.weights:
         pretrained = True if args.weights == "pretrained" else args.weights
     model = create_model(args.model, pretrained=pretrained, num_classes=args.num_classes).eval()
-    size = args.image_size or model.pretrained_cfg.crop_size
+    size = args.image_size or resolve_data_config(model).crop_size
+    if args.int8:
+        return _run_int8(args, model, size, console)
+    if args.format == "pt2":
+        raise InputError("--format pt2 writes an INT8 model: add --int8 --calibration DIR")
     if args.optimized:
         # The layout does not survive export; ONNX Runtime picks its own.
         model = optimize_for_inference(model, channels_last=False)
@@ -41,6 +48,48 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_int8(args: argparse.Namespace, model: Any, size: int, console: Any) -> int:
+    """``--int8``: calibrate on ``--calibration`` images, write QDQ ONNX or a ``.pt2``, compare to fp32."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..data.preprocessing import resolve_data_config
+    from ..export import export_onnx_int8, onnx_predict
+    from ..quantize import calibration_batches, quantize
+
+    if args.format == "torchscript":
+        raise InputError("--int8 writes --format onnx (QDQ, for onnxruntime) or --format pt2 (torch.export, "
+                         "for splitattn.quantize.load_quantized); TorchScript has no INT8 path here")
+    if not args.calibration:
+        raise InputError("--int8 needs --calibration DIR: a folder of a few hundred representative images "
+                         "(e.g. the training split)")
+    batches = calibration_batches(args.calibration, resolve_data_config(model, img_size=size),
+                                  args.calibration_images)
+    n = sum(len(b) for b in batches)
+    t0 = time.perf_counter()
+    if args.format == "onnx":
+        path = export_onnx_int8(model, args.out, batches, image_size=size, opset=args.opset,
+                                method=args.calibration_method)
+    else:
+        qmodel = quantize(model, batches, compile=False)
+        path = qmodel.save(args.out)
+    console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, INT8 {args.format}, calibrated on "
+                  f"{n} images of {args.calibration}, {size}x{size} input) "
+                  f"in {time.perf_counter() - t0:.1f} s")
+    if not args.check:
+        return 0
+    x = batches[0]
+    with torch.no_grad():
+        ref = model(x)
+        got = onnx_predict(path, x) if args.format == "onnx" else qmodel(x)
+    cos = F.cosine_similarity(got.float(), ref.float()).mean().item()
+    agree = (got.argmax(1) == ref.argmax(1)).float().mean().item() * 100
+    ok = cos >= 0.95
+    console.print(f"check on {len(x)} calibration images: logits cosine similarity to fp32 {cos:.4f}, top-1 "
+                  f"agreement {agree:.1f}% ({'ok' if ok else 'FAILED: below 0.95'})")
+    return 0 if ok else 1
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX or TorchScript (dynamic batch axis)")
     p.add_argument("out", help="output file (.onnx or .pt)")
@@ -49,13 +98,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weights: a local official/timm .pth or safetensors file, a URL, or 'pretrained' "
                         "for the "
                         "released weights (downloaded); default: random init")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--format", choices=["onnx", "torchscript", "pt2"], default="onnx",
+                   help="onnx, torchscript, or pt2 (an INT8 torch.export program; needs --int8)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the model's crop)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier outputs (default: the weights file's, else 1000)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--dynamo", action="store_true", help="use the dynamo ONNX exporter (slower to export)")
     p.add_argument("--optimized", action="store_true", help="fold BatchNorms into convs first")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip running the export against PyTorch at batch 3")
     p.add_argument("--atol", type=float, default=1e-4, help="max abs difference allowed by the check")
+    p.add_argument("--int8", action="store_true",
+                   help="post-training static INT8: QDQ ONNX for onnxruntime (--format onnx) or a "
+                        "torch.export program (--format pt2); needs --calibration")
+    p.add_argument("--calibration", metavar="DIR", help="INT8 calibration images (any folder of images)")
+    p.add_argument("--calibration-images", type=int, default=512, metavar="N",
+                   help="how many calibration images (default 512, chosen with a fixed seed)")
+    p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="onnxruntime's range estimation for --format onnx (default minmax)")
     p.set_defaults(func=run)

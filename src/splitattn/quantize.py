@@ -1,0 +1,579 @@
+"""Post-training static INT8 inference on x86 CPUs: torch.export + torchao's PT2E quantizer + inductor.
+
+:func:`quantize` captures a float model with ``torch.export`` (dynamic batch axis), annotates it with
+torchao's ``X86InductorQuantizer`` (weights int8 per output channel, symmetric; activations uint8 per
+tensor, affine, ranges from histogram observers over the calibration batches), calibrates and converts
+it. The result, a :class:`QuantizedModel`, holds the quantized program (quantize/dequantize ops around
+float ops) and runs it through ``torch.compile`` with inductor's freezing, which turns each
+dequantize -> conv -> (add) -> (ReLU) -> quantize chain into one oneDNN INT8 convolution (VNNI
+``vpdpbusd``) with pre-packed weights. Ops the quantizer does not cover stay in fp32 between them: the
+Split-Attention softmax over the radix and the attention-weighted sum of the splits, whose inputs are
+dequantized.
+
+The quantized program is what :meth:`QuantizedModel.save` writes (a ``torch.export`` ``.pt2`` archive)
+and :func:`load_quantized` reads back, after refusing any archive that holds pickled objects, code
+(guards), operators outside ``aten`` / ``quantized_decomposed`` or names that are not plain identifiers:
+``torch.export.load`` itself trusts its input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import logging
+import os
+import platform
+import random
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import EvalOnlyError, InputError, MissingDependencyError, MissingFileError, WeightsError, require
+from .fileio import atomic_write
+
+__all__ = [
+    "INT8_FLAGS", "QuantizedModel", "calibration_batches", "check_int8_support", "check_pt2_archive",
+    "cpu_flags",
+    "int8_support_problem", "load_quantized", "quantize",
+]
+
+log = logging.getLogger("splitattn")
+
+# CPU flags (as /proc/cpuinfo names them) of the int8 dot-product instructions oneDNN's INT8 kernels use.
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+FORMAT = "splitattn-int8"
+_META_FILE = "splitattn.json"
+
+
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this CPU from ``/proc/cpuinfo`` (empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def int8_support_problem(flags: Iterable[str] | None = None) -> str | None:
+    """Why INT8 inference cannot run well here, or ``None`` when it can.
+
+    Args:
+        flags: the CPU's instruction-set flags (default: :func:`cpu_flags`; where those cannot be read,
+            ``torch.cpu._is_vnni_supported()`` decides).
+
+    Returns:
+        A message naming what is missing (x86-64 CPU, oneDNN INT8 kernels in this torch build, or an
+        int8 dot-product instruction: AVX512-VNNI, AVX-VNNI or AMX-INT8), or ``None``.
+    """
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64", "x64"):
+        return (f"INT8 inference needs an x86-64 CPU (this machine is {machine}); run the model in fp32, "
+                "or in bfloat16 with optimize_for_inference(model, dtype=torch.bfloat16)")
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv_pointwise")):
+        return (f"this PyTorch build ({torch.__version__}) has no oneDNN INT8 kernels "
+                "(torch.ops.onednn.qconv_pointwise); install a standard x86 CPU build of torch>=2.4")
+    have = set(cpu_flags() if flags is None else flags)
+    if have:
+        ok = bool(have & set(INT8_FLAGS))
+    else:
+        ok = bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+    if not ok:
+        return (f"this CPU has no int8 dot-product instruction (none of {', '.join(INT8_FLAGS)} among its "
+                "flags in /proc/cpuinfo): INT8 convolutions would be slower than fp32 and saturate; run "
+                "the model in fp32, or in bfloat16 with optimize_for_inference(model, dtype=torch.bfloat16)")
+    return None
+
+
+def _import_torchao() -> Any:
+    """torchao's PT2E quantization modules; importing the quantizer registers its inductor passes."""
+    require("torchao", "int8", "INT8 quantization (splitattn.quantize)")
+    # torchao's import logs a warning of torch's pytree registry about one of its enums; not ours to fix.
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        pt2e = importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
+        x86 = importlib.import_module("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"INT8 quantization needs torchao's PT2E quantizer (torchao.quantization.pt2e), which this "
+            f"torchao cannot import ({e}); pip install -U torchao"
+        ) from e
+    finally:
+        pytree_log.setLevel(level)
+    return pt2e, x86
+
+
+def check_int8_support(flags: Iterable[str] | None = None) -> tuple[Any, Any]:
+    """Raise :class:`MissingDependencyError` naming what is missing for INT8 inference here.
+
+    Args:
+        flags: CPU flags to judge instead of this CPU's (see :func:`int8_support_problem`).
+
+    Returns:
+        ``(quantize_pt2e module, x86_inductor_quantizer module)`` of torchao.
+    """
+    problem = int8_support_problem(flags)
+    if problem is not None:
+        raise MissingDependencyError(problem)
+    return _import_torchao()
+
+
+def _as_images(batch: Any, index: int) -> torch.Tensor:
+    """The image tensor of a calibration batch: a tensor, or the first item of a tuple/list."""
+    x = batch[0] if isinstance(batch, tuple | list) and batch else batch
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point() or x.shape[0] == 0:
+        what = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x)
+        raise InputError(f"calibration batch {index} is {what}; expected float images (B, C, H, W) with "
+                         "B >= 1, or (images, targets) pairs as a DataLoader yields them")
+    return x.detach().to("cpu", torch.float32).contiguous()
+
+
+def _calibration_stream(calibration: Iterable[Any], max_batches: int | None) -> Iterator[torch.Tensor]:
+    if isinstance(calibration, torch.Tensor):
+        calibration = [calibration]
+    shape = None
+    for i, batch in enumerate(calibration):
+        if max_batches is not None and i >= max_batches:
+            return
+        x = _as_images(batch, i)
+        if shape is None:
+            shape = x.shape[1:]
+        elif x.shape[1:] != shape:
+            raise InputError(f"calibration batch {i} has images of shape {tuple(x.shape[1:])}, batch 0 "
+                             f"{tuple(shape)}: an INT8 model is built for one input size")
+        yield x
+
+
+def _attention_modules(model: nn.Module) -> list[str]:
+    """Names of the Split-Attention ``fc1``/``fc2`` convs (the attention MLP on the pooled vector)."""
+    from .layers.split_attn import SplitAttn
+
+    return [f"{name}.{fc}" if name else fc for name, m in model.named_modules() if isinstance(m, SplitAttn)
+            for fc in ("fc1", "fc2")]
+
+
+def quantize(
+    model: nn.Module,
+    calibration: Iterable[Any],
+    backend: str = "x86",
+    *,
+    max_batches: int | None = None,
+    attention: str = "int8",
+    compile: bool = True,
+) -> QuantizedModel:
+    """Post-training static INT8 quantization of a float classifier for x86 CPUs.
+
+    Args:
+        model: any ``(B, C, H, W) -> (B, K)`` float model that ``torch.export`` can capture: every zoo
+            model (fine-tuned or not, BatchNorms folded by the quantizer), timm and torchvision CNNs. It
+            is not modified (its train/eval mode is restored).
+        calibration: an iterable of input batches ``(B, C, H, W)`` (float, preprocessed as for
+            evaluation), or of ``(images, targets)`` pairs such as a ``DataLoader`` yields; a few hundred
+            representative images are enough. All batches share one ``(C, H, W)``.
+        backend: ``"x86"`` (oneDNN INT8 through inductor), the only one so far.
+        max_batches: use at most this many batches of ``calibration``.
+        attention: ``"int8"`` quantizes the Split-Attention MLP (``fc1``/``fc2`` on the pooled
+            vector) like every conv; ``"fp32"`` leaves those two convs in fp32. The r-softmax and the
+            weighted sum are fp32 either way.
+        compile: run through ``torch.compile`` with inductor freezing (the INT8 kernels); ``False`` runs
+            the quantized program as it is (quantize/dequantize around fp32 ops: the same numbers
+            within rounding, for checks only, slower than fp32).
+
+    Returns:
+        An eval-only :class:`QuantizedModel`: float ``(B, C, H, W)`` in, float32 logits ``(B, K)`` out,
+        for the calibration's ``(C, H, W)`` and any batch size.
+
+    Raises:
+        MissingDependencyError: torchao is missing, or this CPU / torch build cannot run INT8 (the
+            message names the missing instruction set or kernels).
+        InputError: an unknown ``backend`` or ``attention``, an empty or malformed calibration set.
+    """
+    if backend != "x86":
+        raise InputError(f"unknown INT8 backend {backend!r}; the one supported is 'x86' (oneDNN, inductor)")
+    if attention not in ("int8", "fp32"):
+        raise InputError(f"attention must be 'int8' or 'fp32', got {attention!r}")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"quantize expects an nn.Module, got {type(model).__name__}")
+    pt2e, x86 = check_int8_support()
+    stream = _calibration_stream(calibration, max_batches)
+    first = next(stream, None)
+    if first is None:
+        raise InputError("the calibration set is empty; pass an iterable of (B, C, H, W) image batches")
+    graph = _capture(model, first)
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    if attention == "fp32":
+        for name in _attention_modules(model):
+            quantizer.set_module_name_qconfig(name, None)
+    prepared = pt2e.prepare_pt2e(graph, quantizer)
+    n_images = 0
+    with torch.no_grad():
+        for x in _chain(first, stream):
+            prepared(x)
+            n_images += x.shape[0]
+        converted = pt2e.convert_pt2e(prepared)
+    info = {
+        "format": FORMAT, "version": 1, "backend": backend, "input_shape": list(first.shape[1:]),
+        "calibration_images": n_images, "attention": attention,
+        "model": _model_name(model),
+        "torch": torch.__version__,
+    }
+    return QuantizedModel(converted, info, compile=compile)
+
+
+def _capture(model: nn.Module, first: torch.Tensor) -> nn.Module:
+    """``model`` in eval mode as an exported graph with a dynamic batch axis (its mode is restored)."""
+    # A batch of 1 would specialise the exported batch axis to 1.
+    example = first if first.shape[0] > 1 else first.expand(2, *first.shape[1:]).contiguous()
+    shapes = ({0: torch.export.Dim("batch", min=1)},)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                # Strict (dynamo) capture names every call of a module apart; the quantizer groups the
+                # nodes of a non-strict capture by module, which fails on a module called several times
+                # (torchvision's ResNet calls each block's one ReLU three times).
+                program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=True)
+            except Exception as e:  # noqa: BLE001 (dynamo rejects some Python; the non-strict tracer may not)
+                log.info("strict torch.export failed (%s); capturing the model non-strict", e)
+                program = torch.export.export(model, (example,), dynamic_shapes=shapes)
+    finally:
+        model.train(was_training)
+    return program.module()
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg, pcfg = getattr(model, "model_cfg", None), getattr(model, "pretrained_cfg", None)
+    name = getattr(cfg, "name", None) or (pcfg.get("architecture") if isinstance(pcfg, dict) else None)
+    return str(name or type(model).__name__)
+
+
+def _chain(first: torch.Tensor, rest: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    yield first
+    yield from rest
+
+
+class QuantizedModel(nn.Module):
+    """An eval-only INT8 classifier built by :func:`quantize` or :func:`load_quantized`.
+
+    The first call of each new batch size compiles it (inductor with freezing: tens of seconds for a
+    ResNet-50-sized model on 2 cores); a batch smaller than one already compiled runs padded to that size
+    instead of compiling again. ``.train()`` raises :class:`~splitattn.errors.EvalOnlyError`.
+
+    Args:
+        graph_module: the quantized graph (quantize/dequantize ops around float ops, dynamic batch axis)
+            of torchao's ``convert_pt2e``, or ``program.module()``.
+        info: what :func:`quantize` recorded (``input_shape``, ``calibration_images``, ``model``...).
+        compile: run through inductor (the INT8 kernels) or the graph's reference ops as they are.
+        program: the ``torch.export.ExportedProgram`` of ``graph_module`` if there is one already.
+
+    Attributes:
+        graph_module: the quantized reference graph.
+        program: its ``ExportedProgram`` (what :meth:`save` writes; exported on first use).
+        info: the metadata dict; ``input_shape`` is ``[C, H, W]``.
+
+    Shape:
+        ``(B, C, H, W)`` float (any floating dtype, any memory format) -> ``(B, K)`` float32.
+    """
+
+    def __init__(self, graph_module: nn.Module, info: dict[str, Any], compile: bool = True,
+                 program: torch.export.ExportedProgram | None = None) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+        self._program = program
+        self.info = dict(info)
+        self.compile = compile
+        self._compiled: Any = None
+        self._batch_sizes: set[int] = set()
+        self.training = False
+
+    def train(self, mode: bool = True) -> QuantizedModel:
+        """``train(False)`` / ``eval()``: no-ops (the model is eval-only); ``train(True)`` raises."""
+        if mode:
+            raise EvalOnlyError("this model was built by splitattn.quantize: it is an INT8 inference program "
+                                "and cannot train; train the float model and quantize it again")
+        return self
+
+    @property
+    def program(self) -> torch.export.ExportedProgram:
+        """The quantized graph as a ``torch.export.ExportedProgram`` with a dynamic batch axis."""
+        if self._program is None:
+            example = torch.zeros(2, *self.info["input_shape"])
+            with torch.no_grad():
+                self._program = torch.export.export(self.graph_module, (example,),
+                                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        return self._program
+
+    def extra_repr(self) -> str:
+        return (f"model={self.info.get('model')}, input_shape={tuple(self.info['input_shape'])}, "
+                f"backend={self.info.get('backend')}, attention={self.info.get('attention')}, "
+                f"compile={self.compile}")
+
+    def _check(self, x: torch.Tensor) -> None:
+        want = tuple(self.info["input_shape"])
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != want or x.shape[0] == 0:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"this INT8 model takes (B, {', '.join(map(str, want))}) inputs with B >= 1 "
+                             f"(the calibration's size), got {got}; resize the input, or quantize again "
+                             "with calibration batches of the size you need")
+        if not x.is_floating_point():
+            raise InputError(f"expected a floating-point input, got {x.dtype}: convert images to float and "
+                             "normalise them as for the float model")
+        if x.device.type != "cpu":
+            raise InputError(f"INT8 models run on the CPU; got an input on {x.device}: pass x.cpu()")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, K)`` float32 logits."""
+        self._check(x)
+        x = x.to(torch.float32).contiguous()
+        if not self.compile:
+            with torch.no_grad():
+                return self.graph_module(x)
+        b = x.shape[0]
+        pad_to = min((s for s in self._batch_sizes if s > b), default=None)
+        if b not in self._batch_sizes and pad_to is not None:
+            # Each sample is computed independently (static activation scales, folded BatchNorms).
+            x = torch.cat([x, x.new_zeros(pad_to - b, *x.shape[1:])])
+        if self._compiled is None:
+            # dynamic=False: inductor pre-packs the INT8 weights for a static input shape only.
+            self._compiled = torch.compile(self.graph_module, dynamic=False)
+        # Freezing (constant weights, pre-packed by the torchao passes) must be on when dynamo hands the
+        # graph to inductor, which a per-compile options dict is too late for.
+        with torch.no_grad(), _inductor_freezing():
+            out = self._compiled(x)
+        self._batch_sizes.add(x.shape[0])
+        return out[:b]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the quantized program and its metadata to ``path`` (a ``torch.export`` ``.pt2`` archive).
+
+        Load it with :func:`load_quantized` (checked, no pickle), or ``torch.export.load(path).module()``.
+        """
+        program = self.program
+        for node in program.graph.nodes:
+            # Source lines of the exporting process: not needed to run, and load_quantized refuses them.
+            node.meta.pop("stack_trace", None)
+        buf = io.BytesIO()
+        torch.export.save(program, buf, extra_files={_META_FILE: json.dumps(self.info)})
+        return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+
+
+@contextlib.contextmanager
+def _inductor_freezing() -> Iterator[None]:
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=True):
+        yield
+
+
+def load_quantized(path: str | os.PathLike, compile: bool = True) -> QuantizedModel:
+    """Load a model written by :meth:`QuantizedModel.save`.
+
+    The archive is checked before ``torch.export.load`` sees it (:func:`check_pt2_archive`): no
+    pickled objects, no guard code, only ``aten`` / ``quantized_decomposed`` operators, plain names.
+
+    Args:
+        path: the ``.pt2`` file.
+        compile: as in :func:`quantize`; ``False`` needs neither torchao nor an INT8-capable CPU.
+
+    Raises:
+        MissingFileError: ``path`` does not exist.
+        WeightsError: the file is not such an archive, is corrupt, or holds anything refused above.
+        MissingDependencyError: ``compile=True`` here without INT8 support (see :func:`check_int8_support`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"INT8 model file {path} does not exist")
+    if compile:
+        check_int8_support()
+    # Registers the quantized_decomposed ops the program calls.
+    importlib.import_module("torch.ao.quantization.fx._decomposed")
+    check_pt2_archive(path, required_extra=_META_FILE)
+    extra = {_META_FILE: ""}
+    try:
+        program = torch.export.load(path, extra_files=extra)
+    except Exception as e:  # noqa: BLE001 (a corrupt archive can fail anywhere in the deserializer)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WeightsError(f"INT8 model file {path} cannot be loaded by torch {torch.__version__} ({first}); "
+                           "quantize the float model again with this version") from e
+    try:
+        info = json.loads(extra[_META_FILE])
+    except ValueError as e:
+        raise WeightsError(f"INT8 model file {path} has unreadable metadata ({_META_FILE}: {e})") from e
+    shape = info.get("input_shape") if isinstance(info, dict) else None
+    if (not isinstance(info, dict) or info.get("format") != FORMAT or not isinstance(shape, list)
+            or len(shape) != 3 or not all(isinstance(s, int) and 0 < s <= 65536 for s in shape)):
+        raise WeightsError(f"INT8 model file {path} was not written by splitattn's QuantizedModel.save "
+                           f"(metadata {str(info)[:200]})")
+    return QuantizedModel(program.module(), info, compile=compile, program=program)
+
+
+# What a checked .pt2 archive may hold, relative to its root folder.
+_PT2_FIXED = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
+_PT2_ENTRY = re.compile(r"models/\w+\.json|data/(weights/\w+_weights|constants/\w+_constants)_config\.json"
+                        r"|data/weights/weight_\d+|data/constants/tensor_\d+|data/sample_inputs/\w+\.pt"
+                        r"|extra/[\w.\-]+", re.ASCII)
+_PT2_MAX_BYTES = 8 << 30
+# Operators a quantized classifier calls: aten, the quantize/dequantize ops, and symbolic-size arithmetic.
+_PT2_OP = re.compile(r"torch\.ops\.(aten|quantized_decomposed|prims)\.\w+\.\w+"
+                     r"|_operator\.(getitem|add|sub|mul|floordiv|truediv|mod|neg|eq|ne|lt|le|gt|ge)"
+                     r"|torch\.sym_(max|min|not|float|int|ite)", re.ASCII)
+_PT2_NAME = re.compile(r"([A-Za-z_]\w*(\.\w+)*)?", re.ASCII)
+_PT2_NAME_KEYS = {"name", "as_name", "parameter_name", "buffer_name", "fqn", "tensor_constant_name",
+                  "forward_arg_names", "path_name"}
+# sympy.sympify evaluates shape expressions: only symbols, integers, arithmetic and torch's size functions.
+_PT2_SYMBOL = re.compile(r"Symbol\('[a-z]\d+'(, \w+=(True|False))*\)", re.ASCII)
+_PT2_EXPR = re.compile(r"[\w +\-*/(),]*", re.ASCII)
+_PT2_EXPR_NAMES = {"FloorDiv", "CeilDiv", "Mod", "PythonMod", "ModularIndexing", "CleanDiv", "Max", "Min",
+                   "IntTrueDiv", "True", "False"}
+
+
+def _pt2_refuse(path: Path, what: str) -> WeightsError:
+    return WeightsError(f"INT8 model file {path} is refused: {what}; only archives written by "
+                        "QuantizedModel.save are loaded (quantize the float model again)")
+
+
+def _check_expr(path: Path, expr: str) -> None:
+    if _PT2_SYMBOL.fullmatch(expr):
+        return
+    names = set(re.findall(r"[A-Za-z_]\w*", expr))
+    bad = {n for n in names if not re.fullmatch(r"[a-z]\d+", n)} - _PT2_EXPR_NAMES
+    if not _PT2_EXPR.fullmatch(expr) or bad:
+        raise _pt2_refuse(path, f"shape expression {expr[:80]!r} is not plain arithmetic")
+
+
+def _check_graph_json(path: Path, obj: Any, key: str = "") -> None:
+    """Walk the serialized program: operators, names, expressions; no code, objects or source lines."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str) or not re.fullmatch(r"[\w.]+", k, re.ASCII):
+                raise _pt2_refuse(path, f"key {str(k)[:80]!r} is not a plain name")
+            if k in ("guards_code", "stack_trace") or "custom_obj" in k or "opaque" in k:
+                if v:
+                    raise _pt2_refuse(path, f"it holds {k}")
+                continue
+            if k == "range_constraints" and isinstance(v, dict):
+                for expr in v:
+                    _check_expr(path, expr)
+            _check_graph_json(path, v, k)
+    elif isinstance(obj, list):
+        for v in obj:
+            _check_graph_json(path, v, key)
+    elif isinstance(obj, str):
+        if key in ("target", "as_operator") and not _PT2_OP.fullmatch(obj):
+            raise _pt2_refuse(path, f"operator {obj[:80]!r} is outside aten / quantized_decomposed")
+        if key in _PT2_NAME_KEYS and not _PT2_NAME.fullmatch(obj):
+            raise _pt2_refuse(path, f"name {obj[:80]!r} is not a plain identifier")
+        if key == "expr_str":
+            _check_expr(path, obj)
+
+
+def _check_payload_config(path: Path, obj: Any, prefix: str) -> None:
+    entries = obj.get("config") if isinstance(obj, dict) else None
+    if not isinstance(entries, dict):
+        raise _pt2_refuse(path, "a weights/constants config has no 'config' table")
+    for fqn, meta in entries.items():
+        if not _PT2_NAME.fullmatch(fqn) or not isinstance(meta, dict):
+            raise _pt2_refuse(path, f"tensor name {fqn[:80]!r} is not a plain identifier")
+        if meta.get("use_pickle") is not False:
+            raise _pt2_refuse(path, f"tensor {fqn} is stored as a pickle")
+        if not re.fullmatch(prefix + r"\d+", str(meta.get("path_name"))):
+            raise _pt2_refuse(path, f"tensor {fqn} is stored as {str(meta.get('path_name'))[:40]!r}")
+
+
+def check_pt2_archive(path: str | os.PathLike, required_extra: str | None = None) -> None:
+    """Refuse a ``torch.export`` archive that could run code when ``torch.export.load`` reads or runs it.
+
+    ``torch.export.load`` unpickles tensors stored as pickles and sample inputs (falling back to
+    ``weights_only=False``), compiles guard code, resolves any ``torch.*`` attribute as an operator and
+    hands shape expressions to ``sympy.sympify``. This accepts only: the archive's plain entries, raw
+    tensor payloads, sample inputs that load with ``weights_only=True``, operators of ``aten`` /
+    ``quantized_decomposed`` (and size arithmetic), plain identifiers as names, arithmetic as shape
+    expressions, no guard code, custom objects or source lines.
+
+    Raises:
+        WeightsError: naming the file and the first thing refused.
+    """
+    import zipfile
+
+    path = Path(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise WeightsError(f"INT8 model file {path} is not a .pt2 archive or is truncated ({e})") from e
+    with zf:
+        infos = zf.infolist()
+        roots = {i.filename.split("/", 1)[0] for i in infos}
+        if len(roots) != 1 or sum(i.file_size for i in infos) > _PT2_MAX_BYTES:
+            raise _pt2_refuse(path, "it is not one archive folder of at most 8 GiB")
+        root = roots.pop() + "/"
+        names = {i.filename[len(root):] for i in infos if not i.is_dir()}
+        odd = sorted(n for n in names if n not in _PT2_FIXED and not _PT2_ENTRY.fullmatch(n))
+        if odd:
+            raise _pt2_refuse(path, f"it holds {odd[0]!r}")
+        if required_extra is not None and f"extra/{required_extra}" not in names:
+            raise _pt2_refuse(path, f"it has no extra/{required_extra}")
+        try:
+            for name in sorted(names):
+                data = zf.read(root + name)
+                if name.startswith("models/"):
+                    _check_graph_json(path, json.loads(data))
+                elif name.endswith("_config.json"):
+                    prefix = "weight_" if "/weights/" in name else "tensor_"
+                    _check_payload_config(path, json.loads(data), prefix)
+                elif name.startswith("data/sample_inputs/"):
+                    torch.load(io.BytesIO(data), weights_only=True)
+        except WeightsError:
+            raise
+        except Exception as e:  # noqa: BLE001 (bad JSON, a refused unpickle, a corrupt member)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise _pt2_refuse(path, f"{name} is corrupt or not plain data ({first})") from e
+
+
+def calibration_batches(folder: str | os.PathLike, data_cfg: Any, num_images: int = 512,
+                        batch_size: int = 32, seed: int = 0) -> list[torch.Tensor]:
+    """Up to ``num_images`` images of ``folder`` (any depth, e.g. an ImageFolder's train split), chosen at
+    random with ``seed``, preprocessed with the eval transform of ``data_cfg``.
+
+    Args:
+        folder: a folder of images.
+        data_cfg: what :func:`~splitattn.data.transforms.create_eval_transform` takes (model, name,
+            ``DataConfig``).
+        num_images: how many images.
+        batch_size: images per returned batch.
+        seed: which images.
+
+    Returns:
+        Batches ``(b, 3, crop, crop)`` float32, ``b <= batch_size``.
+
+    Raises:
+        MissingFileError: ``folder`` does not exist. InputError: it holds no image.
+    """
+    from .data.imagefolder import IMG_EXTENSIONS, load_rgb
+    from .data.transforms import create_eval_transform
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise MissingFileError(f"calibration folder {root} does not exist")
+    if num_images < 1 or batch_size < 1:
+        raise InputError(f"num_images and batch_size must be >= 1, got {num_images} and {batch_size}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not files:
+        raise InputError(f"calibration folder {root} holds no image ({', '.join(IMG_EXTENSIONS)})")
+    files = random.Random(seed).sample(files, min(num_images, len(files)))
+    transform = create_eval_transform(data_cfg)
+    images = [transform(load_rgb(p)) for p in files]
+    return [torch.stack(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
