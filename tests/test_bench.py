@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from splitattn.benchmark import BenchConfig, expand_specs, parse_spec, run_benchmark, saved_activation_mb
+from splitattn.benchmark import (
+    BenchConfig,
+    cpu_description,
+    expand_specs,
+    parse_spec,
+    run_benchmark,
+    saved_activation_mb,
+)
 from splitattn.cli import main
 from splitattn.cli.bench import add_arguments, config_from_args
 from splitattn.errors import InputError
@@ -40,6 +47,24 @@ def test_rows_ratios_and_timm_columns() -> None:
     assert all(v > 0 for v in saved.values())
     assert saved["splitattn:resnest14d"] <= saved["timm:resnest14d"]
     assert by["splitattn:resnest14d"]["param_count"] == 10.61
+    # Every row names the CPU and the vector instructions that decide its kernels.
+    assert rows[0]["cpu"] == cpu_description() and rows[0]["cpu"].endswith(")")
+
+
+def test_cpu_description_reads_model_name_and_isa_flags(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    from splitattn import cpu_features
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu avx2 avx512f avx512_vnni "
+                    "avx512_bf16 sse4_2\n")
+    real_path = cpu_features.Path
+    monkeypatch.setattr(cpu_features, "Path", lambda p: info if p == "/proc/cpuinfo" else real_path(p))
+    assert cpu_features.cpu_flags() >= {"avx2", "avx512_vnni", "avx512_bf16"}
+    assert cpu_features.cpu_description() == "AMD EPYC 9B14 (avx2 avx512f avx512_vnni avx512_bf16)"
+    info.unlink()
+    assert cpu_features.cpu_flags() == frozenset()
+    assert cpu_features.cpu_description() == "unknown CPU (flags unknown)"
 
 
 def test_saved_activation_mb_counts_storage_once() -> None:

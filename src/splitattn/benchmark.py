@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .amp import autocast, make_grad_scaler
+from .cpu_features import cpu_description
 from .errors import InputError
 from .fileio import atomic_write_text
 from .layers.split_attn import SplitAttn, _radix_weighted_sum
@@ -481,7 +482,7 @@ def _row(r: Runner, runners: list[Runner], cfg: BenchConfig) -> dict[str, Any]:
         row["train_saved_activations_mb"] = round(r.train_saved_mb, 1)
     row.update(device=cfg.device, amp=cfg.amp or "fp32", channels_last=r.channels_last,
                compile=cfg.compile, threads=cfg.threads if cfg.device == "cpu" else None,
-               torch=torch.__version__)
+               torch=torch.__version__, cpu=cpu_description() if cfg.device == "cpu" else None)
     return row
 
 
@@ -498,7 +499,8 @@ def render(rows: list[dict[str, Any]], console: Any) -> None:
     batch = r0.get("infer_batch_size") or r0.get("train_batch_size")
     size = r0.get("infer_img_size") or r0.get("train_img_size")
     table = Table(title=f"{r0['device']}, {r0['amp']}, batch {batch}, {size} px, channels_last="
-                        f"{r0['channels_last']}, compile={r0['compile']}, torch {r0['torch']}")
+                        f"{r0['channels_last']}, compile={r0['compile']}, torch {r0['torch']}"
+                        + (f", {r0['cpu']}" if r0.get("cpu") else ""))
     for title, _ in cols:
         table.add_column(title, justify="left" if title == "model" else "right", no_wrap=True)
     for row in rows:

@@ -237,8 +237,9 @@ def evaluate_folder(weights: str, data: str, model_name: str | None = None, img_
         skip_bad_images: skip (and count) undecodable images instead of stopping.
         precision: ``"fp32"``; ``"bf16"``: the model of ``optimize_for_inference(model,
             dtype=torch.bfloat16)`` on bf16 inputs; ``"int8"``: :func:`splitattn.quantize` (CPU only),
-            calibrated on ``calibration_images`` images of ``calibration``. For bf16 and int8 the fp32
-            model is evaluated first, on the same images.
+            calibrated on ``calibration_images`` images of ``calibration``; on a CPU without INT8 kernels
+            (see :func:`~splitattn.quantize.int8_support_problem`) its reference graph, with a warning.
+            For bf16 and int8 the fp32 model is evaluated first, on the same images.
         calibration: the folder of calibration images (default: the ``train`` folder next to the val
             folder).
         calibration_images: how many (chosen at random with a fixed seed).
@@ -247,7 +248,7 @@ def evaluate_folder(weights: str, data: str, model_name: str | None = None, img_
         :func:`evaluate_classifier`'s metrics (of ``precision``) plus ``crop_size``, ``resize_size``,
         ``crop_pct``, ``interpolation``, ``mean``, ``std``, ``weights``, ``data``, ``model`` and
         ``precision``; for bf16/int8 also ``fp32`` (the fp32 metrics) and, for int8, ``calibration``
-        (folder) and ``calibration_images`` (count).
+        (folder), ``calibration_images`` (count) and ``int8_kernels`` (whether the INT8 kernels ran).
     """
     if precision not in ("fp32", "bf16", "int8"):
         raise InputError(f"precision must be 'fp32', 'bf16' or 'int8', got {precision!r}")
@@ -295,15 +296,21 @@ def _low_precision(model: nn.Module, precision: str, data_cfg: Any, val_dir: Pat
 
     if precision == "bf16":
         return optimize_for_inference(model, dtype=torch.bfloat16), torch.bfloat16, {}
-    from .quantize import calibration_batches, quantize
+    from .quantize import calibration_batches, int8_support_problem, quantize
 
     folder = Path(calibration) if calibration else val_dir.parent / "train"
     if not calibration and not folder.is_dir():
         raise MissingFileError(f"no train/ folder next to {val_dir} to calibrate the INT8 model on; pass "
                                "--calibration DIR (a folder of a few hundred training images)")
     batches = calibration_batches(folder, data_cfg, calibration_images)
-    info = {"calibration": str(folder), "calibration_images": sum(len(b) for b in batches)}
-    return quantize(model.cpu(), batches), None, info
+    problem = int8_support_problem()
+    if problem is not None:
+        # The accuracy of the INT8 model is still worth knowing (quantize here, deploy on a VNNI server).
+        log.warning("%s; evaluating the INT8 model's reference graph instead: the same numbers, not the "
+                    "speed", problem)
+    info = {"calibration": str(folder), "calibration_images": sum(len(b) for b in batches),
+            "int8_kernels": problem is None}
+    return quantize(model.cpu(), batches, compile=problem is None), None, info
 
 
 def _model_name(model: nn.Module) -> str:

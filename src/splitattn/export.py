@@ -112,6 +112,7 @@ def export_onnx_int8(
     image_size: int | tuple[int, int] = 224,
     opset: int = 17,
     method: str = "minmax",
+    reduce_range: bool | None = None,
 ) -> Path:
     """Write ``model`` as a statically quantized INT8 ONNX model (QDQ format) for onnxruntime.
 
@@ -128,6 +129,10 @@ def export_onnx_int8(
         image_size: the calibration images' size.
         opset: ONNX opset of the float export (quantization needs >= 13).
         method: ``"minmax"``, ``"entropy"`` or ``"percentile"`` (onnxruntime's ``CalibrationMethod``).
+        reduce_range: 7-bit weights, which onnxruntime advises for CPUs without an int8 dot-product
+            instruction (VNNI), whose 16-bit intermediate sums saturate otherwise. ``None``: when this
+            CPU lacks one (:func:`splitattn.quantize.int8_dot_product`), with a warning; pass it for
+            the CPU the model will run on.
 
     Returns:
         The written path.
@@ -139,7 +144,14 @@ def export_onnx_int8(
     if method not in methods:
         raise InputError(f"method must be one of {sorted(methods)}, got {method!r}")
     from .inference import optimize_for_inference
+    from .quantize import int8_dot_product
 
+    if reduce_range is None:
+        reduce_range = not int8_dot_product()
+        if reduce_range:
+            log.warning("this CPU has no int8 dot-product instruction (VNNI): the INT8 ONNX model gets 7-bit "
+                        "weights so that onnxruntime's kernels do not saturate here; pass "
+                        "reduce_range=False (--no-reduce-range) for a VNNI machine")
     folded = optimize_for_inference(model, channels_last=False, fuse=False)
     with tempfile.TemporaryDirectory(prefix="splitattn-onnx-int8-") as tmp_dir:
         fp32 = Path(tmp_dir) / "fp32.onnx"
@@ -162,6 +174,7 @@ def export_onnx_int8(
                         quant_format=ort_quant.QuantFormat.QDQ, per_channel=True,
                         activation_type=ort_quant.QuantType.QUInt8, weight_type=ort_quant.QuantType.QInt8,
                         calibrate_method=getattr(ort_quant.CalibrationMethod, methods[method]),
+                        reduce_range=reduce_range,
                     )
             finally:
                 root.setLevel(level)

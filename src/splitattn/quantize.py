@@ -26,7 +26,6 @@ import logging
 import os
 import platform
 import random
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cpu_features import cpu_flags
 from .errors import EvalOnlyError, InputError, MissingDependencyError, MissingFileError, WeightsError, require
 from .fileio import atomic_write
+from .pt2_archive import check_pt2_archive
 
 __all__ = [
     "INT8_FLAGS", "QuantizedModel", "calibration_batches", "check_int8_support", "check_pt2_archive",
-    "cpu_flags",
-    "int8_support_problem", "load_quantized", "quantize",
+    "cpu_flags", "int8_dot_product", "int8_support_problem", "load_quantized", "quantize",
 ]
 
 log = logging.getLogger("splitattn")
@@ -51,29 +51,28 @@ FORMAT = "splitattn-int8"
 _META_FILE = "splitattn.json"
 
 
-def cpu_flags() -> frozenset[str]:
-    """The instruction-set flags of this CPU from ``/proc/cpuinfo`` (empty where it cannot be read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+def int8_dot_product(flags: Iterable[str] | None = None) -> bool:
+    """Whether the CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8).
 
-
-def int8_support_problem(flags: Iterable[str] | None = None) -> str | None:
-    """Why INT8 inference cannot run well here, or ``None`` when it can.
+    Without one, oneDNN's INT8 convolutions run on AVX2 / AVX-512 code whose 16-bit intermediate sums
+    can saturate: :func:`quantize` then keeps activations to 7 bits, as torchao advises for such CPUs.
 
     Args:
         flags: the CPU's instruction-set flags (default: :func:`cpu_flags`; where those cannot be read,
             ``torch.cpu._is_vnni_supported()`` decides).
+    """
+    have = set(cpu_flags() if flags is None else flags)
+    if have:
+        return bool(have & set(INT8_FLAGS))
+    return bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+
+
+def int8_support_problem() -> str | None:
+    """Why the INT8 kernels cannot run here at all, or ``None`` when they can.
 
     Returns:
-        A message naming what is missing (x86-64 CPU, oneDNN INT8 kernels in this torch build, or an
-        int8 dot-product instruction: AVX512-VNNI, AVX-VNNI or AMX-INT8), or ``None``.
+        A message naming what is missing (an x86-64 CPU, or oneDNN's INT8 kernels in this torch build)
+        and what to run instead, or ``None``.
     """
     machine = platform.machine().lower()
     if machine not in ("x86_64", "amd64", "x64"):
@@ -82,16 +81,13 @@ def int8_support_problem(flags: Iterable[str] | None = None) -> str | None:
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv_pointwise")):
         return (f"this PyTorch build ({torch.__version__}) has no oneDNN INT8 kernels "
                 "(torch.ops.onednn.qconv_pointwise); install a standard x86 CPU build of torch>=2.4")
-    have = set(cpu_flags() if flags is None else flags)
-    if have:
-        ok = bool(have & set(INT8_FLAGS))
-    else:
-        ok = bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
-    if not ok:
-        return (f"this CPU has no int8 dot-product instruction (none of {', '.join(INT8_FLAGS)} among its "
-                "flags in /proc/cpuinfo): INT8 convolutions would be slower than fp32 and saturate; run "
-                "the model in fp32, or in bfloat16 with optimize_for_inference(model, dtype=torch.bfloat16)")
     return None
+
+
+def _no_dot_product_note() -> str:
+    return (f"this CPU has no int8 dot-product instruction (none of {', '.join(INT8_FLAGS)} among its "
+            "flags in /proc/cpuinfo): oneDNN runs the INT8 convolutions on AVX2/AVX-512 code, about as fast "
+            "as optimize_for_inference in fp32 (benchmarks/RESULTS.md)")
 
 
 def _import_torchao() -> Any:
@@ -114,16 +110,13 @@ def _import_torchao() -> Any:
     return pt2e, x86
 
 
-def check_int8_support(flags: Iterable[str] | None = None) -> tuple[Any, Any]:
-    """Raise :class:`MissingDependencyError` naming what is missing for INT8 inference here.
-
-    Args:
-        flags: CPU flags to judge instead of this CPU's (see :func:`int8_support_problem`).
+def check_int8_support() -> tuple[Any, Any]:
+    """Raise :class:`MissingDependencyError` naming what is missing for the INT8 kernels here.
 
     Returns:
         ``(quantize_pt2e module, x86_inductor_quantizer module)`` of torchao.
     """
-    problem = int8_support_problem(flags)
+    problem = int8_support_problem()
     if problem is not None:
         raise MissingDependencyError(problem)
     return _import_torchao()
@@ -171,6 +164,7 @@ def quantize(
     max_batches: int | None = None,
     attention: str = "int8",
     compile: bool = True,
+    reduce_range: bool | None = None,
 ) -> QuantizedModel:
     """Post-training static INT8 quantization of a float classifier for x86 CPUs.
 
@@ -189,14 +183,17 @@ def quantize(
         compile: run through ``torch.compile`` with inductor freezing (the INT8 kernels); ``False`` runs
             the quantized program as it is (quantize/dequantize around fp32 ops: the same numbers
             within rounding, for checks only, slower than fp32).
+        reduce_range: quantize activations to 7 bits (0..127) instead of 8, which keeps the 16-bit
+            sums of CPUs without an int8 dot-product instruction from saturating. ``None``: on exactly
+            those CPUs (:func:`int8_dot_product`), with a warning.
 
     Returns:
         An eval-only :class:`QuantizedModel`: float ``(B, C, H, W)`` in, float32 logits ``(B, K)`` out,
         for the calibration's ``(C, H, W)`` and any batch size.
 
     Raises:
-        MissingDependencyError: torchao is missing, or this CPU / torch build cannot run INT8 (the
-            message names the missing instruction set or kernels).
+        MissingDependencyError: torchao is missing, or (``compile=True``) this machine / torch build
+            cannot run oneDNN's INT8 kernels (see :func:`int8_support_problem`).
         InputError: an unknown ``backend`` or ``attention``, an empty or malformed calibration set.
     """
     if backend != "x86":
@@ -205,14 +202,20 @@ def quantize(
         raise InputError(f"attention must be 'int8' or 'fp32', got {attention!r}")
     if not isinstance(model, nn.Module):
         raise InputError(f"quantize expects an nn.Module, got {type(model).__name__}")
-    pt2e, x86 = check_int8_support()
+    # The reference graph (compile=False) runs on any CPU; only the INT8 kernels need x86 and oneDNN.
+    pt2e, x86 = check_int8_support() if compile else _import_torchao()
+    if reduce_range is None:
+        reduce_range = not int8_dot_product()
+        if reduce_range:
+            log.warning("%s; activations are quantized to 7 bits to keep its 16-bit sums from saturating",
+                        _no_dot_product_note())
     stream = _calibration_stream(calibration, max_batches)
     first = next(stream, None)
     if first is None:
         raise InputError("the calibration set is empty; pass an iterable of (B, C, H, W) image batches")
     graph = _capture(model, first)
     quantizer = x86.X86InductorQuantizer()
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
     if attention == "fp32":
         for name in _attention_modules(model):
             quantizer.set_module_name_qconfig(name, None)
@@ -225,7 +228,7 @@ def quantize(
         converted = pt2e.convert_pt2e(prepared)
     info = {
         "format": FORMAT, "version": 1, "backend": backend, "input_shape": list(first.shape[1:]),
-        "calibration_images": n_images, "attention": attention,
+        "calibration_images": n_images, "attention": attention, "reduce_range": reduce_range,
         "model": _model_name(model),
         "torch": torch.__version__,
     }
@@ -391,7 +394,8 @@ def load_quantized(path: str | os.PathLike, compile: bool = True) -> QuantizedMo
     Raises:
         MissingFileError: ``path`` does not exist.
         WeightsError: the file is not such an archive, is corrupt, or holds anything refused above.
-        MissingDependencyError: ``compile=True`` here without INT8 support (see :func:`check_int8_support`).
+        MissingDependencyError: ``compile=True`` on a machine without oneDNN's INT8 kernels (see
+            :func:`int8_support_problem`).
     """
     path = Path(path)
     if not path.is_file():
@@ -417,129 +421,11 @@ def load_quantized(path: str | os.PathLike, compile: bool = True) -> QuantizedMo
             or len(shape) != 3 or not all(isinstance(s, int) and 0 < s <= 65536 for s in shape)):
         raise WeightsError(f"INT8 model file {path} was not written by splitattn's QuantizedModel.save "
                            f"(metadata {str(info)[:200]})")
+    if compile and not info.get("reduce_range") and not int8_dot_product():
+        log.warning("%s; %s was calibrated for 8-bit activations, which can saturate here: quantize the "
+                    "float model on this machine (7-bit activations) if its accuracy drops",
+                    _no_dot_product_note(), path)
     return QuantizedModel(program.module(), info, compile=compile, program=program)
-
-
-# What a checked .pt2 archive may hold, relative to its root folder.
-_PT2_FIXED = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
-_PT2_ENTRY = re.compile(r"models/\w+\.json|data/(weights/\w+_weights|constants/\w+_constants)_config\.json"
-                        r"|data/weights/weight_\d+|data/constants/tensor_\d+|data/sample_inputs/\w+\.pt"
-                        r"|extra/[\w.\-]+", re.ASCII)
-_PT2_MAX_BYTES = 8 << 30
-# Operators a quantized classifier calls: aten, the quantize/dequantize ops, and symbolic-size arithmetic.
-_PT2_OP = re.compile(r"torch\.ops\.(aten|quantized_decomposed|prims)\.\w+\.\w+"
-                     r"|_operator\.(getitem|add|sub|mul|floordiv|truediv|mod|neg|eq|ne|lt|le|gt|ge)"
-                     r"|torch\.sym_(max|min|not|float|int|ite)", re.ASCII)
-_PT2_NAME = re.compile(r"([A-Za-z_]\w*(\.\w+)*)?", re.ASCII)
-_PT2_NAME_KEYS = {"name", "as_name", "parameter_name", "buffer_name", "fqn", "tensor_constant_name",
-                  "forward_arg_names", "path_name"}
-# sympy.sympify evaluates shape expressions: only symbols, integers, arithmetic and torch's size functions.
-_PT2_SYMBOL = re.compile(r"Symbol\('[a-z]\d+'(, \w+=(True|False))*\)", re.ASCII)
-_PT2_EXPR = re.compile(r"[\w +\-*/(),]*", re.ASCII)
-_PT2_EXPR_NAMES = {"FloorDiv", "CeilDiv", "Mod", "PythonMod", "ModularIndexing", "CleanDiv", "Max", "Min",
-                   "IntTrueDiv", "True", "False"}
-
-
-def _pt2_refuse(path: Path, what: str) -> WeightsError:
-    return WeightsError(f"INT8 model file {path} is refused: {what}; only archives written by "
-                        "QuantizedModel.save are loaded (quantize the float model again)")
-
-
-def _check_expr(path: Path, expr: str) -> None:
-    if _PT2_SYMBOL.fullmatch(expr):
-        return
-    names = set(re.findall(r"[A-Za-z_]\w*", expr))
-    bad = {n for n in names if not re.fullmatch(r"[a-z]\d+", n)} - _PT2_EXPR_NAMES
-    if not _PT2_EXPR.fullmatch(expr) or bad:
-        raise _pt2_refuse(path, f"shape expression {expr[:80]!r} is not plain arithmetic")
-
-
-def _check_graph_json(path: Path, obj: Any, key: str = "") -> None:
-    """Walk the serialized program: operators, names, expressions; no code, objects or source lines."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not isinstance(k, str) or not re.fullmatch(r"[\w.]+", k, re.ASCII):
-                raise _pt2_refuse(path, f"key {str(k)[:80]!r} is not a plain name")
-            if k in ("guards_code", "stack_trace") or "custom_obj" in k or "opaque" in k:
-                if v:
-                    raise _pt2_refuse(path, f"it holds {k}")
-                continue
-            if k == "range_constraints" and isinstance(v, dict):
-                for expr in v:
-                    _check_expr(path, expr)
-            _check_graph_json(path, v, k)
-    elif isinstance(obj, list):
-        for v in obj:
-            _check_graph_json(path, v, key)
-    elif isinstance(obj, str):
-        if key in ("target", "as_operator") and not _PT2_OP.fullmatch(obj):
-            raise _pt2_refuse(path, f"operator {obj[:80]!r} is outside aten / quantized_decomposed")
-        if key in _PT2_NAME_KEYS and not _PT2_NAME.fullmatch(obj):
-            raise _pt2_refuse(path, f"name {obj[:80]!r} is not a plain identifier")
-        if key == "expr_str":
-            _check_expr(path, obj)
-
-
-def _check_payload_config(path: Path, obj: Any, prefix: str) -> None:
-    entries = obj.get("config") if isinstance(obj, dict) else None
-    if not isinstance(entries, dict):
-        raise _pt2_refuse(path, "a weights/constants config has no 'config' table")
-    for fqn, meta in entries.items():
-        if not _PT2_NAME.fullmatch(fqn) or not isinstance(meta, dict):
-            raise _pt2_refuse(path, f"tensor name {fqn[:80]!r} is not a plain identifier")
-        if meta.get("use_pickle") is not False:
-            raise _pt2_refuse(path, f"tensor {fqn} is stored as a pickle")
-        if not re.fullmatch(prefix + r"\d+", str(meta.get("path_name"))):
-            raise _pt2_refuse(path, f"tensor {fqn} is stored as {str(meta.get('path_name'))[:40]!r}")
-
-
-def check_pt2_archive(path: str | os.PathLike, required_extra: str | None = None) -> None:
-    """Refuse a ``torch.export`` archive that could run code when ``torch.export.load`` reads or runs it.
-
-    ``torch.export.load`` unpickles tensors stored as pickles and sample inputs (falling back to
-    ``weights_only=False``), compiles guard code, resolves any ``torch.*`` attribute as an operator and
-    hands shape expressions to ``sympy.sympify``. This accepts only: the archive's plain entries, raw
-    tensor payloads, sample inputs that load with ``weights_only=True``, operators of ``aten`` /
-    ``quantized_decomposed`` (and size arithmetic), plain identifiers as names, arithmetic as shape
-    expressions, no guard code, custom objects or source lines.
-
-    Raises:
-        WeightsError: naming the file and the first thing refused.
-    """
-    import zipfile
-
-    path = Path(path)
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise WeightsError(f"INT8 model file {path} is not a .pt2 archive or is truncated ({e})") from e
-    with zf:
-        infos = zf.infolist()
-        roots = {i.filename.split("/", 1)[0] for i in infos}
-        if len(roots) != 1 or sum(i.file_size for i in infos) > _PT2_MAX_BYTES:
-            raise _pt2_refuse(path, "it is not one archive folder of at most 8 GiB")
-        root = roots.pop() + "/"
-        names = {i.filename[len(root):] for i in infos if not i.is_dir()}
-        odd = sorted(n for n in names if n not in _PT2_FIXED and not _PT2_ENTRY.fullmatch(n))
-        if odd:
-            raise _pt2_refuse(path, f"it holds {odd[0]!r}")
-        if required_extra is not None and f"extra/{required_extra}" not in names:
-            raise _pt2_refuse(path, f"it has no extra/{required_extra}")
-        try:
-            for name in sorted(names):
-                data = zf.read(root + name)
-                if name.startswith("models/"):
-                    _check_graph_json(path, json.loads(data))
-                elif name.endswith("_config.json"):
-                    prefix = "weight_" if "/weights/" in name else "tensor_"
-                    _check_payload_config(path, json.loads(data), prefix)
-                elif name.startswith("data/sample_inputs/"):
-                    torch.load(io.BytesIO(data), weights_only=True)
-        except WeightsError:
-            raise
-        except Exception as e:  # noqa: BLE001 (bad JSON, a refused unpickle, a corrupt member)
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise _pt2_refuse(path, f"{name} is corrupt or not plain data ({first})") from e
 
 
 def calibration_batches(folder: str | os.PathLike, data_cfg: Any, num_images: int = 512,

@@ -29,7 +29,10 @@ def run(args: argparse.Namespace) -> int:
     rows = [("fp32", res["fp32"]), (precision, res)] if precision != "fp32" else [("fp32", res)]
     for name, r in rows:
         delta = f" ({r['top1'] - rows[0][1]['top1']:+.2f} pt)" if name != "fp32" else ""
-        note = " (including the one-time compile)" if name == "int8" else ""
+        note = ""
+        if name == "int8":
+            note = (" (including the one-time compile)" if r.get("int8_kernels")
+                    else " (reference ops: this CPU has no INT8 kernels, so no speed to read)")
         console.print(f"  {name:5s} top-1 [bold]{r['top1']:.2f}%[/bold]{delta}, top-5 {r['top5']:.2f}%, "
                       f"loss {r['loss']:.4f}, {r['images_per_sec']:.1f} images/s{note}")
     return 0
@@ -51,8 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="skip (and count) images that cannot be decoded instead of stopping")
     low = p.add_mutually_exclusive_group()
     low.add_argument("--int8", action="store_true",
-                     help="also evaluate the post-training INT8 model (splitattn.quantize, CPU with VNNI) "
-                          "and print its accuracy next to fp32's")
+                     help="also evaluate the post-training INT8 model (splitattn.quantize; its reference ops "
+                          "where the CPU lacks VNNI) and print its accuracy next to fp32's")
     low.add_argument("--bf16", action="store_true",
                      help="also evaluate the bf16 model (optimize_for_inference(dtype=torch.bfloat16)) and "
                           "print its accuracy next to fp32's")

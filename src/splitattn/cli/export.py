@@ -69,9 +69,9 @@ def _run_int8(args: argparse.Namespace, model: Any, size: int, console: Any) -> 
     t0 = time.perf_counter()
     if args.format == "onnx":
         path = export_onnx_int8(model, args.out, batches, image_size=size, opset=args.opset,
-                                method=args.calibration_method)
+                                method=args.calibration_method, reduce_range=args.reduce_range)
     else:
-        qmodel = quantize(model, batches, compile=False)
+        qmodel = quantize(model, batches, compile=False, reduce_range=args.reduce_range)
         path = qmodel.save(args.out)
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, INT8 {args.format}, calibrated on "
                   f"{n} images of {args.calibration}, {size}x{size} input) "
@@ -117,4 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how many calibration images (default 512, chosen with a fixed seed)")
     p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="onnxruntime's range estimation for --format onnx (default minmax)")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="INT8 with 7-bit ranges (onnx: weights; pt2: activations), which CPUs without VNNI "
+                        "need to avoid saturation (default: if this CPU lacks VNNI)")
     p.set_defaults(func=run)
