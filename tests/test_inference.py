@@ -45,10 +45,9 @@ def _norm_count(model: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm | FrozenBatchNorm2d) for m in model.modules())
 
 
-# resnest200 / resnest269 are resnest101's stem and blocks (deep stem, avd, radix 2) repeated more times:
-# what this checks per block is covered by resnest101, and the two cost a minute more on 2 cores.
-# test_models.py and test_equivalence.py build and check them whole.
-_ZOO = [n for n in splitattn.list_models() if n not in ("resnest200", "resnest269")]
+# The 200/269-layer models dominate this file's runtime: marked slow (deselect with -m "not slow").
+_ZOO = [pytest.param(n, marks=pytest.mark.slow) if n in ("resnest200", "resnest269") else n
+        for n in splitattn.list_models()]
 
 
 @pytest.mark.parametrize("name", _ZOO)
@@ -143,11 +142,8 @@ def test_autocast_and_compile() -> None:
             out = opt(x)
         assert out.dtype == torch.bfloat16
         torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05 * float(ref.abs().max()))
-        # One block through inductor (fused oneDNN convs, avd pooling, r-softmax, weighted sum): the whole
-        # model compiles the same ops, at a minute of C++ compile on 2 cores.
-        h = opt.layer1(opt.maxpool(opt.act1(opt.bn1(opt.conv1(x)))))
-        compiled = torch.compile(opt.layer2, fullgraph=True)
-        torch.testing.assert_close(compiled(h), opt.layer2(h), rtol=0, atol=1e-4)
+        compiled = torch.compile(opt, fullgraph=True)
+        torch.testing.assert_close(compiled(x), ref, rtol=0, atol=1e-4)
 
 
 # --- fused convs (ReLU / residual add in the conv; prepacked oneDNN on CPU) ---------------------------------
