@@ -7,7 +7,11 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One share of the cores per pytest-xdist worker: two workers with two OpenMP threads each on 2 cores spin
+# against each other. Subprocesses the tests start (DDP, kill-and-resume) inherit the same share.
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
 
 
 @pytest.fixture(autouse=True)
