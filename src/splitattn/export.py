@@ -131,7 +131,7 @@ def export_onnx_int8(
         method: ``"minmax"``, ``"entropy"`` or ``"percentile"`` (onnxruntime's ``CalibrationMethod``).
         reduce_range: 7-bit weights, which onnxruntime advises for CPUs without an int8 dot-product
             instruction (VNNI), whose 16-bit intermediate sums saturate otherwise. ``None``: when this
-            CPU lacks one (:func:`splitattn.quantize.int8_dot_product`), with a warning; pass it for
+            CPU lacks one (:func:`splitattn.quantize.default_reduce_range`), with a warning; pass it for
             the CPU the model will run on.
 
     Returns:
@@ -144,14 +144,11 @@ def export_onnx_int8(
     if method not in methods:
         raise InputError(f"method must be one of {sorted(methods)}, got {method!r}")
     from .inference import optimize_for_inference
-    from .quantize import int8_dot_product
+    from .quantize import default_reduce_range
 
-    if reduce_range is None:
-        reduce_range = not int8_dot_product()
-        if reduce_range:
-            log.warning("this CPU has no int8 dot-product instruction (VNNI): the INT8 ONNX model gets 7-bit "
-                        "weights so that onnxruntime's kernels do not saturate here; pass "
-                        "reduce_range=False (--no-reduce-range) for a VNNI machine")
+    reduce_range = default_reduce_range(
+        reduce_range, "the INT8 ONNX model gets 7-bit weights so that onnxruntime's kernels do not saturate "
+        "here; pass reduce_range=False (--no-reduce-range) for a VNNI machine")
     folded = optimize_for_inference(model, channels_last=False, fuse=False)
     with tempfile.TemporaryDirectory(prefix="splitattn-onnx-int8-") as tmp_dir:
         fp32 = Path(tmp_dir) / "fp32.onnx"

@@ -40,7 +40,8 @@ from .pt2_archive import check_pt2_archive
 
 __all__ = [
     "INT8_FLAGS", "QuantizedModel", "calibration_batches", "check_int8_support", "check_pt2_archive",
-    "cpu_flags", "int8_dot_product", "int8_support_problem", "load_quantized", "quantize",
+    "cpu_flags", "default_reduce_range", "int8_dot_product", "int8_support_problem", "load_quantized",
+    "quantize",
 ]
 
 log = logging.getLogger("splitattn")
@@ -88,6 +89,17 @@ def _no_dot_product_note() -> str:
     return (f"this CPU has no int8 dot-product instruction (none of {', '.join(INT8_FLAGS)} among its "
             "flags in /proc/cpuinfo): oneDNN runs the INT8 convolutions on AVX2/AVX-512 code, about as fast "
             "as optimize_for_inference in fp32 (benchmarks/RESULTS.md)")
+
+
+def default_reduce_range(reduce_range: bool | None, remedy: str) -> bool:
+    """``reduce_range`` if given, else whether this CPU lacks an int8 dot-product instruction (7-bit
+    ranges keep its 16-bit sums from saturating), warning with ``remedy`` when it does."""
+    if reduce_range is not None:
+        return reduce_range
+    if int8_dot_product():
+        return False
+    log.warning("%s; %s", _no_dot_product_note(), remedy)
+    return True
 
 
 def _import_torchao() -> Any:
@@ -204,11 +216,8 @@ def quantize(
         raise InputError(f"quantize expects an nn.Module, got {type(model).__name__}")
     # The reference graph (compile=False) runs on any CPU; only the INT8 kernels need x86 and oneDNN.
     pt2e, x86 = check_int8_support() if compile else _import_torchao()
-    if reduce_range is None:
-        reduce_range = not int8_dot_product()
-        if reduce_range:
-            log.warning("%s; activations are quantized to 7 bits to keep its 16-bit sums from saturating",
-                        _no_dot_product_note())
+    reduce_range = default_reduce_range(
+        reduce_range, "activations are quantized to 7 bits to keep its 16-bit sums from saturating")
     stream = _calibration_stream(calibration, max_batches)
     first = next(stream, None)
     if first is None:
