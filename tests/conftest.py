@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,3 +61,39 @@ OFFICIAL = [
     "resnest50_fast_1s2x40d", "resnest50_fast_2s2x40d", "resnest50_fast_4s2x40d", "resnest50_fast_1s4x24d",
 ]
 ALL_MODELS = ["resnest14d", "resnest26d", *OFFICIAL]
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face Hub cache, in offline mode, for huggingface_hub, timm and splitattn."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    cache = tmp_path / "hf"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads both variables at import: set what it read too.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def git_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def put_hf_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: str = "c0ffee" * 6 + "0123",
+              ) -> Path:
+    """Lay out ``files`` as huggingface_hub caches a download: blobs named by the hub's etag (SHA-256 for
+    LFS weights, git SHA-1 for small files), snapshot links to them, refs/main naming the commit."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    for name, data in files.items():
+        lfs = name.endswith((".safetensors", ".bin"))
+        blob = repo / "blobs" / (hashlib.sha256(data).hexdigest() if lfs else git_sha1(data))
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return repo

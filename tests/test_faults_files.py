@@ -15,6 +15,7 @@ import os
 import pickle
 import random
 import shutil
+import stat
 import struct
 import zipfile
 from collections.abc import Callable
@@ -27,10 +28,12 @@ from safetensors.torch import save_file
 
 import splitattn
 from splitattn import download as dl
+from splitattn import fileio
 from splitattn.checkpoint import find_latest_checkpoint, load_checkpoint, quarantine, save_checkpoint
 from splitattn.engine.rng import get_rng_state
 from splitattn.errors import CheckpointError, MissingFileError, WeightsError
-from splitattn.models.registry import ARCH_KWARGS, get_model_cfg
+from splitattn.models.registry import get_model_cfg
+from splitattn.models.spec import ARG_RANGES, arg_checks
 from splitattn.predict import export_weights, load_for_inference
 from splitattn.weights import load_pretrained, read_state_dict
 
@@ -296,31 +299,37 @@ def _state(**changes: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
 CKPT_CORRUPTIONS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
     "not_a_dict": (lambda s: [1, 2, 3], "holds a list, expected a dict"),
     "no_model": (lambda s: {k: v for k, v in s.items() if k != "model"}, "has no 'model' entry"),
-    "pretrained_url": (_kw(**KWARGS, pretrained="https://example.com/w.pth"), "may not hold 'pretrained'"),
-    "pretrained_path": (_kw(pretrained="/etc/passwd"), "may not hold 'pretrained'"),
-    "num_classes": (_kw(**KWARGS, num_classes=7), "may not hold 'num_classes'"),
-    "unknown_key": (_kw(**KWARGS, weights_file="/tmp/x"), "unknown key 'weights_file'"),
-    "kwargs_not_mapping": (_set("model_kwargs", [8, 8]), "'model_kwargs' must be a mapping"),
-    "width_string": (_kw(stem_width="8"), "'stem_width' must be an integer in [1, 256], got '8'"),
-    "width_negative": (_kw(stem_width=-8), "'stem_width' must be an integer"),
-    "radix_bool": (_kw(radix=True), "'radix' must be an integer"),
-    "norm_unknown": (_kw(norm_layer="os.system"), "'norm_layer' must be a norm"),
-    "huge_model": (_kw(base_width=256, cardinality=64), "parameters, over the limit"),
-    "unbuildable": (_kw(base_width=1), "do not describe a buildable"),
-    "model_name_unknown": (_set("model_name", "resnest999"), "unknown model 'resnest999'"),
-    "model_name_int": (_set("model_name", 5), "'model_name' must be a model name"),
-    "classes_string": (_set("classes", "ant bee cow"), "'classes' must be a non-empty list"),
-    "classes_ints": (_set("classes", [1, 2, 3]), "'classes' must be a non-empty list"),
-    "classes_vs_fc": (_set("classes", [*CLASSES, "dog"]), "4 class names but has an 'fc.weight' of 3"),
-    "eval_cfg_bad": (_set("eval_cfg", {**EVAL_CFG, "img_size": "big"}), "'eval_cfg' is invalid"),
-    "eval_cfg_missing_key": (_set("eval_cfg", {"img_size": 32}), "'eval_cfg' is invalid"),
-    "eval_cfg_list": (_set("eval_cfg", [32]), "'eval_cfg' must be a mapping"),
-    "eval_cfg_huge": (_set("eval_cfg", {**EVAL_CFG, "crop_pct": 1e-9}), "over the limit of 8192"),
-    "state_list": (_set("model", [1, 2]), "does not hold a state dict"),
-    "state_int_key": (lambda s: {**s, "model": {**s["model"], 3: torch.zeros(1)}}, "key 3 is not a string"),
-    "state_non_tensor": (_state(**{"fc.bias": "zeros"}), "'fc.bias' is a str, not a tensor"),
+    "pretrained_url": (_kw(**KWARGS, pretrained="https://example.com/w.pth"),
+                       "'model_args.pretrained' must be absent (unknown key"),
+    "pretrained_path": (_kw(pretrained="/etc/passwd"), "'model_args.pretrained' must be absent"),
+    "num_classes": (_kw(**KWARGS, num_classes=7), "'model_args.num_classes' must be absent"),
+    "unknown_key": (_kw(**KWARGS, weights_file="/tmp/x"), "'model_args.weights_file' must be absent"),
+    "kwargs_not_mapping": (_set("model_kwargs", [8, 8]), "'model_kwargs' must be an object"),
+    "width_string": (_kw(stem_width="8"), "'model_args.stem_width' must be an integer in [1, 256], got '8'"),
+    "width_negative": (_kw(stem_width=-8), "'model_args.stem_width' must be an integer"),
+    "radix_bool": (_kw(radix=True), "'model_args.radix' must be an integer"),
+    "norm_unknown": (_kw(norm_layer="os.system"), "'model_args.norm_layer' must be a norm"),
+    "huge_model": (_kw(base_width=256, cardinality=64), "a model of at most 1,000M parameters"),
+    "unbuildable": (_kw(base_width=1), "'model_args' must be arguments that build a resnest14d"),
+    "model_name_unknown": (_set("model_name", "resnest999"), "'model_name' must be a registered model name"),
+    "model_name_int": (_set("model_name", 5), "'model_name' must be a registered model name"),
+    "classes_string": (_set("classes", "ant bee cow"), "'label_names' must be a list of class names"),
+    "classes_ints": (_set("classes", [1, 2, 3]), "'label_names' must be a list of class names"),
+    "classes_vs_fc": (_set("classes", [*CLASSES, "dog"]), "'num_classes' must be the rows of fc.weight (3, "),
+    "eval_cfg_bad": (_set("eval_cfg", {**EVAL_CFG, "img_size": "big"}), "'data_config.img_size' must be"),
+    "eval_cfg_missing_key": (_set("eval_cfg", {"img_size": 32}), "'data_config' must be an eval data config"),
+    "eval_cfg_list": (_set("eval_cfg", [32]), "'data_config' must be an object"),
+    "eval_cfg_huge": (_set("eval_cfg", {**EVAL_CFG, "crop_pct": 1e-9}), "of at most 8192 px"),
+    "state_list": (_set("model", [1, 2]), "entry 'model': expected a state dict"),
+    "state_int_key": (lambda s: {**s, "model": {**s["model"], 3: torch.zeros(1)}},
+                      "'state dict key' must be a string, got 3"),
+    "state_non_tensor": (_state(**{"fc.bias": "zeros"}), "'fc.bias' must be a tensor, got a str"),
     "state_bad_shape": (_state(**{"fc.bias": torch.zeros(5)}), "do not fit model 'resnest14d' (size mis"),
-    "state_fc_1d": (_state(**{"fc.weight": torch.zeros(3)}), "'fc.weight' has shape (3,)"),
+    "state_fc_1d": (_state(**{"fc.weight": torch.zeros(3)}), "the rows of fc.weight (3,)"),
+    "record_not_json": (_set("splitattn.model", "{nope"), "'splitattn.model' must be valid JSON"),
+    "record_future": (_set("splitattn.model", json.dumps({"format_version": 9, "model_name": "resnest14d",
+                                                           "num_classes": 3})),
+                      "'format_version' must be at most 1 (this file was written by a newer splitattn"),
     "state_missing_key": (lambda s: {**s, "model": {k: v for k, v in s["model"].items() if k != "fc.bias"}},
                           "1 missing keys (e.g. fc.bias)"),
     "task_tensor": (_set("task", torch.zeros(2)), "not a classification one"),
@@ -346,52 +355,73 @@ def test_checkpoint_without_ema_and_missing_file(real: dict[str, Any], tmp_path:
             "has no 'nope', 'x' entries")
 
 
-# (metadata changes, text the WeightsError must contain, whether create_model(pretrained=) reads it too)
-META_CORRUPTIONS: dict[str, tuple[dict[str, str], str, bool]] = {
-    "kwargs_bad_json": ({"model_kwargs": "{stem_width: 8"}, "metadata entry 'model_kwargs' is not valid JSON",
-                        False),
-    "kwargs_deep_json": ({"model_kwargs": "[" * 100_000 + "]" * 100_000},
-                         "metadata entry 'model_kwargs' is not valid JSON", False),
-    "kwargs_pretrained": ({"model_kwargs": json.dumps({"pretrained": "http://127.0.0.1:9/x.pth"})},
-                          "may not hold 'pretrained'", False),
-    "kwargs_num_classes": ({"model_kwargs": json.dumps({**KWARGS, "num_classes": 5})},
-                           "may not hold 'num_classes'", False),
-    "kwargs_float_width": ({"model_kwargs": json.dumps({"stem_width": 8.5})},
-                           "'stem_width' must be an integer", False),
-    "classes_bad_json": ({"classes": "[ant"}, "metadata entry 'classes' is not valid JSON", False),
-    "classes_object": ({"classes": '{"a": 1}'}, "'classes' must be a non-empty list", False),
-    "classes_vs_fc": ({"classes": json.dumps(["a", "b"])},
-                      "records 2 class names but has an 'fc.weight' of 3", False),
-    "eval_cfg_inf": ({"eval_cfg": json.dumps({**EVAL_CFG, "img_size": 1e400})}, "'eval_cfg' is invalid",
-                     False),
-    "eval_cfg_nan_std": ({"eval_cfg": json.dumps({**EVAL_CFG, "std": [float("nan")] * 3})},
-                         "mean/std must be finite", False),
-    "model_name_unknown": ({"model_name": "resnest999"}, "unknown model 'resnest999'", False),
-    "cfg_bad_json": ({"splitattn_cfg": "{"}, "metadata entry 'splitattn_cfg' is not valid JSON", True),
-    "cfg_array": ({"splitattn_cfg": "[1]"}, "'splitattn_cfg': expected a JSON object, got list", True),
-    "cfg_pretrained": ({"splitattn_cfg": json.dumps({"name": "resnest14d", "arch": {"pretrained": True}})},
-                       "may not hold 'pretrained'", True),
-    "cfg_unknown_model": ({"splitattn_cfg": json.dumps({"name": "evil", "arch": {}})}, "unknown model 'evil'",
-                          True),
+def _record(**changes: Any) -> dict[str, str]:
+    """The exported file's record (metadata ``splitattn.model``) with ``changes`` (None deletes a field)."""
+    record = {"format_version": 1, "model_name": "resnest14d", "model_args": KWARGS, "num_classes": 3,
+              "in_chans": 3, "label_names": CLASSES, "data_config": EVAL_CFG}
+    record.update(changes)
+    return {"splitattn.model": json.dumps({k: v for k, v in record.items() if v is not None})}
+
+
+def _legacy(**entries: Any) -> dict[str, str]:
+    """Metadata of splitattn 0.1 (separate entries, no record), read through the same validator."""
+    return {"splitattn.model": None, "model_name": "resnest14d", "model_kwargs": json.dumps(KWARGS),
+            **{k: v if isinstance(v, str) else json.dumps(v) for k, v in entries.items()}}
+
+
+# (metadata changes, text the WeightsError must contain); create_model(pretrained=) reads each file too.
+META_CORRUPTIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "record_bad_json": ({"splitattn.model": '{"model_name": "resnest14d"'},
+                        "'splitattn.model' must be valid JSON"),
+    "record_deep_json": ({"splitattn.model": "[" * 100_000 + "]" * 100_000}, "must be valid JSON"),
+    "record_huge": ({"splitattn.model": " " * (5 * 2**20)}, "a JSON string of at most 4 MiB"),
+    "record_array": ({"splitattn.model": "[1]"},
+                     "expected an object (a mapping of names to values), got list"),
+    "args_pretrained": (_record(model_args={"pretrained": "http://127.0.0.1:9/x.pth"}),
+                        "'model_args.pretrained' must be absent (unknown key"),
+    "args_num_classes": (_record(model_args={**KWARGS, "num_classes": 5}),
+                         "'model_args.num_classes' must be"),
+    "args_float_width": (_record(model_args={"stem_width": 8.5}),
+                         "'model_args.stem_width' must be an integer"),
+    "args_nan_rate": (_record(model_args={**KWARGS, "drop_rate": float("nan")}),
+                      "'model_args.drop_rate' must be a finite number in [0, 1)"),
+    "unknown_field": (_record(weights_url="http://127.0.0.1:9/w.pth"), "'weights_url' must be absent"),
+    "no_num_classes": (_record(num_classes=None, label_names=None), "'num_classes' must be present"),
+    "labels_object": (_record(label_names={"a": 1}), "'label_names' must be a list of class names"),
+    "labels_vs_classes": (_record(label_names=["a", "b"]), "'label_names' must be 3 names, one per class"),
+    "classes_vs_fc": (_record(num_classes=2, label_names=["a", "b"]),
+                      "'num_classes' must be the rows of fc."),
+    "chans_vs_conv": (_record(in_chans=1), "'in_chans' must be the input channels of conv1.0.weight (8, 3, "),
+    "data_inf": (_record(data_config={**EVAL_CFG, "img_size": 1e400}),
+                 "'data_config.img_size' must be an int"),
+    "data_nan_std": (_record(data_config={**EVAL_CFG, "std": [float("nan")] * 3}),
+                     "'data_config.std' must be 3 positive numbers"),
+    "model_name_unknown": (_record(model_name="resnest999"), "'model_name' must be a registered model name"),
+    "legacy_kwargs_bad_json": (_legacy(model_kwargs="{stem_width: 8"), "'model_kwargs' must be valid JSON"),
+    "legacy_pretrained": (_legacy(model_kwargs={"pretrained": "http://x"}),
+                          "'model_args.pretrained' must be"),
+    "legacy_classes_vs_fc": (_legacy(classes=["a", "b"]), "'num_classes' must be the rows of fc.weight"),
+    "legacy_cfg_unknown_model": (_legacy(model_name="evil"), "'model_name' must be a registered model name"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(META_CORRUPTIONS))
 def test_safetensors_metadata_is_validated(real: dict[str, Any], tmp_path: Path, name: str) -> None:
-    changes, text, also_create = META_CORRUPTIONS[name]
+    changes, text = META_CORRUPTIONS[name]
     sd, meta = read_state_dict(real["weights"])
     path = tmp_path / f"{name}.safetensors"
-    save_file(sd, str(path), metadata={**meta, **changes})
+    meta = {k: v for k, v in {**meta, **changes}.items() if v is not None}
+    save_file(sd, str(path), metadata=meta)
     _expect(WeightsError, path, lambda: load_for_inference(path), text)
-    if also_create:
-        _expect(WeightsError, path,
-                lambda: splitattn.create_model("resnest14d", pretrained=str(path), **MODEL_ARGS), text)
+    _expect(WeightsError, path, lambda: splitattn.create_model("resnest14d", pretrained=str(path)), text)
 
 
-def test_arch_kwargs_are_resnest_arguments() -> None:
-    params = inspect.signature(splitattn.ResNeSt.__init__).parameters
-    assert set(ARCH_KWARGS) <= set(params)
-    assert not {"num_classes", "pretrained", "features_only", "out_indices"} & set(ARCH_KWARGS)
+def test_record_arguments_come_from_the_constructor() -> None:
+    """What a record may set is ResNeSt's signature (ranges from one table), never a second list."""
+    params = set(inspect.signature(splitattn.ResNeSt.__init__).parameters)
+    params -= {"self", "num_classes", "in_chans"}
+    assert set(arg_checks(splitattn.ResNeSt)) == params
+    assert set(ARG_RANGES) <= params
 
 
 def test_quarantine_moves_unreadable_checkpoints_aside(real: dict[str, Any], tmp_path: Path,
@@ -416,3 +446,30 @@ def test_quarantine_moves_unreadable_checkpoints_aside(real: dict[str, Any], tmp
     bad.write_bytes(b"more junk")
     assert find_latest_checkpoint(run, quarantine=True) == good
     assert not bad.exists() and (run / "last.ckpt.corrupt-2").read_bytes() == b"more junk"
+
+
+# -- written files keep the umask, or the mode of the file they replace ------------------------------
+@pytest.mark.parametrize("proc_status", [True, False], ids=["umask from /proc", "umask round-trip"])
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_writes_keep_the_umask_or_the_replaced_files_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int, expected: int, proc_status: bool,
+) -> None:
+    if not proc_status:  # another OS: the umask is read by setting and restoring it
+        monkeypatch.setattr(fileio, "_PROC_STATUS", str(tmp_path / "no-such-status"))
+    kept = tmp_path / "shared" / "weights.pt"
+    kept.parent.mkdir()
+    kept.write_bytes(b"old")
+    kept.chmod(0o640)
+    old = os.umask(umask)
+    try:
+        text = fileio.atomic_write_text(tmp_path / "run" / "config.yaml", "a: 1\n")
+        saved = fileio.atomic_torch_save(tmp_path / "run" / "last.ckpt", {"step": 1})
+        fileio.atomic_torch_save(kept, {"w": torch.ones(2)})
+        assert os.umask(umask) == umask  # the round-trip fallback restored it
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(text.stat().st_mode) == expected and text.read_text() == "a: 1\n"
+    assert stat.S_IMODE(saved.stat().st_mode) == expected
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640  # not 0600 (mkstemp's), nor the umask's
+    assert torch.load(kept, weights_only=True)["w"].tolist() == [1.0, 1.0]
+    assert sorted(p.name for p in kept.parent.iterdir()) == ["weights.pt"]  # no temp file left

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import http.server
 import json
-import os
 import sys
 import threading
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 import torch
 
 import splitattn
-from conftest import randomize_stats
+from conftest import put_hf_repo, randomize_stats
 from splitattn.errors import InputError, MissingDependencyError, MissingFileError, WeightsError
 from splitattn.models import registry
 
@@ -31,41 +30,6 @@ huggingface_hub = pytest.importorskip("huggingface_hub")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HUB_ID = "timm/resnest14d.gluon_in1k"
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-
-
-@pytest.fixture
-def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty Hugging Face Hub cache, in offline mode, for huggingface_hub, timm and splitattn."""
-    cache = tmp_path / "hf"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # huggingface_hub reads both variables at import: set what it read too.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
-def _git_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _put_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: str = "c0ffee" * 6 + "0123",
-              ) -> Path:
-    """Lay out ``files`` as huggingface_hub caches a download: blobs named by the hub's etag (SHA-256 for
-    LFS weights, git SHA-1 for small files), snapshot links to them, refs/main naming the commit."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    for name, data in files.items():
-        lfs = name.endswith((".safetensors", ".bin"))
-        blob = repo / "blobs" / (hashlib.sha256(data).hexdigest() if lfs else _git_sha1(data))
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = repo / "snapshots" / commit / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-    return repo
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +58,7 @@ def _close(model: torch.nn.Module, expected: torch.Tensor, x: torch.Tensor = X) 
 
 def test_hf_hub_id_from_offline_cache_equals_timm(hf_cache: Path, timm_export) -> None:
     ref, files = timm_export
-    _put_repo(hf_cache, HUB_ID, files)
+    put_hf_repo(hf_cache, HUB_ID, files)
     ours = splitattn.create_model(f"hf-hub:{HUB_ID}", pretrained=True)
     theirs = timm.create_model(f"hf-hub:{HUB_ID}", pretrained=True)
     assert _same_weights(ours, ref) and _close(theirs, _logits(ours))
@@ -107,7 +71,7 @@ def test_hf_hub_id_from_offline_cache_equals_timm(hf_cache: Path, timm_export) -
 
 def test_hf_hub_tampered_blob_and_unknown_ids_are_refused(hf_cache: Path, timm_export) -> None:
     _, files = timm_export
-    repo = _put_repo(hf_cache, HUB_ID, files)
+    repo = put_hf_repo(hf_cache, HUB_ID, files)
     blob = (repo / "snapshots").glob("*/model.safetensors").__next__().resolve()
     data = bytearray(blob.read_bytes())
     data[-1] ^= 1  # one flipped bit in the last tensor: safetensors still reads it, the hash does not match
@@ -118,8 +82,9 @@ def test_hf_hub_tampered_blob_and_unknown_ids_are_refused(hf_cache: Path, timm_e
         splitattn.create_model("hf-hub:timm/no-such-model")
     config = json.loads(files["config.json"])
     other = json.dumps({**config, "architecture": "resnet50"}).encode()
-    _put_repo(hf_cache, "someone/resnet", {"config.json": other})
-    with pytest.raises(WeightsError, match=r"hf-hub:someone/resnet \(config.json\): 'architecture' 'resnet5"):
+    put_hf_repo(hf_cache, "someone/resnet", {"config.json": other})
+    with pytest.raises(WeightsError, match=r"hf-hub:someone/resnet \(config.json\): 'architecture' must be a "
+                                           r"model splitattn builds .*got 'resnet50'"):
         splitattn.create_model("hf-hub:someone/resnet")
 
 
@@ -130,7 +95,7 @@ def test_hf_hub_revision_and_pytorch_model_bin(hf_cache: Path, timm_export, tmp_
     commit = "1234abcd" * 5
     repo = {"config.json": files["config.json"],
             "pytorch_model.bin": (tmp_path / "pytorch_model.bin").read_bytes()}
-    _put_repo(hf_cache, "someone/bin-only", repo, commit=commit)
+    put_hf_repo(hf_cache, "someone/bin-only", repo, commit=commit)
     model = splitattn.create_model(f"hf-hub:someone/bin-only@{commit}", pretrained=True)
     assert _same_weights(model, ref) and model.pretrained_cfg["hf_hub_id"] == f"someone/bin-only@{commit}"
     with pytest.raises(WeightsError, match=r"bin-only@0{40}: could not get config.json"):
@@ -157,7 +122,7 @@ def test_pretrained_true_falls_back_to_the_hugging_face_mirror(
     with pytest.raises(WeightsError, match=r"could not be had from the release .*gone.*nor from its Hugging "
                                            r"Face mirror hf-hub:timm/resnest14d.gluon_in1k"):
         splitattn.create_model("resnest14d", pretrained=True)
-    _put_repo(hf_cache, HUB_ID, files)
+    put_hf_repo(hf_cache, HUB_ID, files)
     model = splitattn.create_model("resnest14d", pretrained=True)
     assert _same_weights(model, ref)
     assert "Hugging Face mirror" in caplog.text
@@ -170,7 +135,8 @@ def test_save_pretrained_loads_in_timm_and_splitattn(tmp_path: Path) -> None:
     config = json.loads((folder / "config.json").read_text())
     assert config["architecture"] == "resnest14d" and config["num_classes"] == 10
     assert config["pretrained_cfg"]["input_size"] == [1, 224, 224] and config["label_names"] == labels
-    assert config["splitattn"] == {"model_name": "resnest14d", "model_kwargs": {"in_chans": 1}}
+    assert config["splitattn"] == {"format_version": 1, "model_name": "resnest14d", "model_args": {},
+                                   "num_classes": 10, "in_chans": 1, "label_names": labels}
     assert not list(folder.glob("*.tmp")), "temp file left behind"
     x = torch.randn(2, 1, 64, 64)
     expected = _logits(model, x)
@@ -220,6 +186,19 @@ def test_save_pretrained_of_a_variant_timm_cannot_build(tmp_path: Path) -> None:
     assert again.output_stride == 16 and _same_weights(again, model)
 
 
+def test_save_pretrained_of_other_global_pools_keeps_timm_name(tmp_path: Path) -> None:
+    """timm builds the same function for these pools (our concatenating "avgmax" is its "catavgmax")."""
+    for pool, timm_pool in (("max", "max"), ("avgmax", "catavgmax")):
+        model = randomize_stats(splitattn.create_model("resnest14d", global_pool=pool)).eval()
+        folder = splitattn.save_pretrained(model, tmp_path / pool)
+        config = json.loads((folder / "config.json").read_text())
+        assert config["architecture"] == "resnest14d" and config["model_args"]["global_pool"] == timm_pool
+        expected = _logits(model)
+        assert _close(timm.create_model(f"local-dir:{folder}", pretrained=True), expected)
+        ours = splitattn.create_model(f"local-dir:{folder}", pretrained=True)
+        assert ours.global_pool_type == pool and torch.equal(_logits(ours), expected)
+
+
 def test_model_folder_errors_name_the_file(tmp_path: Path) -> None:
     folder = splitattn.save_pretrained(splitattn.create_model("resnest14d"), tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
@@ -230,10 +209,10 @@ def test_model_folder_errors_name_the_file(tmp_path: Path) -> None:
         splitattn.create_model(f"local-dir:{tmp_path / 'nowhere'}")
     del config["splitattn"]
     (folder / "config.json").write_text(json.dumps({**config, "architecture": "vit_base_patch16_224"}))
-    with pytest.raises(WeightsError, match=r"config.json\): 'architecture' 'vit_base_patch16_224'"):
+    with pytest.raises(WeightsError, match=r"config.json\): 'architecture' must be .*'vit_base_patch16_224'"):
         splitattn.create_model(f"local-dir:{folder}")
     (folder / "config.json").write_text(json.dumps({**config, "model_args": {"pretrained": "http://x"}}))
-    with pytest.raises(WeightsError, match=r"may not hold 'pretrained'"):
+    with pytest.raises(WeightsError, match=r"'model_args.pretrained' must be absent \(unknown key"):
         splitattn.create_model(f"local-dir:{folder}")
     (folder / "config.json").write_text("{not json")
     with pytest.raises(WeightsError, match=r"config.json is not valid JSON"):

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import save_file
 
 import splitattn
 from splitattn.checkpoint import load_checkpoint, save_checkpoint
@@ -20,6 +21,7 @@ from splitattn.data.transforms import create_eval_transform
 from splitattn.errors import BadImageError, CheckpointError, InputError, WeightsError
 from splitattn.evaluate import evaluate_folder, shard_dataset, unwrap_model
 from splitattn.metrics import SegmentationMetric, topk_hits
+from splitattn.models.spec import ModelSpec
 from splitattn.plot import plot_run
 from splitattn.predict import export_weights, load_for_inference, predict_images
 
@@ -49,8 +51,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                            "model_name": "resnest14d", "model_kwargs": KWARGS, "eval_cfg": EVAL_CFG,
                            "epoch": 3, "step": 30, "task": "classification"})
     weights = root / "w.safetensors"
-    splitattn.save_weights(model, weights, metadata={"model_name": "resnest14d", "model_kwargs": KWARGS,
-                                                     "classes": CLASSES, "eval_cfg": EVAL_CFG})
+    splitattn.save_weights(model, weights, spec=ModelSpec.from_model(model, CLASSES, EVAL_CFG))
     return {"root": root, "ckpt": ckpt, "weights": weights}
 
 
@@ -140,17 +141,21 @@ def test_load_for_inference_refuses_pretrained_kwargs_and_missing_keys(files: di
                                                                        tmp_path: Path) -> None:
     ck = load_checkpoint(files["ckpt"])
     evil = save_checkpoint(tmp_path / "evil.ckpt", {**ck, "model_kwargs": {**KWARGS, "pretrained": True}})
-    with pytest.raises(CheckpointError, match=r"evil\.ckpt.*may not hold 'pretrained'"):
+    with pytest.raises(CheckpointError, match=r"evil\.ckpt: 'model_args.pretrained' must be absent"):
         load_for_inference(evil)
     model = _tiny_model()
-    evil_w = splitattn.save_weights(model, tmp_path / "evil.safetensors", metadata={
-        "model_name": "resnest14d", "model_kwargs": {"pretrained": "https://example.com/w.pth"},
-        "classes": CLASSES})
-    with pytest.raises(WeightsError, match=r"evil\.safetensors.*may not hold 'pretrained'"):
+    evil_w = tmp_path / "evil.safetensors"  # splitattn 0.1's metadata entries, read by the same validator
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(evil_w), metadata={
+        "model_name": "resnest14d", "model_kwargs": json.dumps({"pretrained": "https://example.com/w.pth"}),
+        "classes": json.dumps(CLASSES)})
+    with pytest.raises(WeightsError, match=r"evil\.safetensors: 'model_args.pretrained' must be absent"):
         load_for_inference(evil_w)
+    # A checkpoint without class names (not one of `splitattn train`): the classifier tells the count.
     no_classes = save_checkpoint(tmp_path / "nc.ckpt", {k: v for k, v in ck.items() if k != "classes"})
-    with pytest.raises(CheckpointError, match=r"nc\.ckpt has no 'classes' entry"):
-        load_for_inference(no_classes)
+    assert load_for_inference(no_classes)[1] == ["class_0", "class_1", "class_2"]
+    no_model = save_checkpoint(tmp_path / "nm.ckpt", {k: v for k, v in ck.items() if k != "model_name"})
+    with pytest.raises(CheckpointError, match=r"nm\.ckpt does not record its model"):
+        load_for_inference(no_model)
     detection = save_checkpoint(tmp_path / "det.ckpt", {**ck, "task": "detection"})
     with pytest.raises(CheckpointError, match="detection checkpoint"):
         load_for_inference(detection)

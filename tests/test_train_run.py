@@ -71,7 +71,9 @@ def test_loss_falls_and_run_folder_is_complete(trained):
     for f in ("config.yaml", "last.ckpt", "best.ckpt", "metrics.jsonl"):
         assert (run / f).is_file(), f
     ck = load_checkpoint(run / "last.ckpt")
-    assert ck["classes"] == ["class_0", "class_1", "class_2"] and ck["epoch"] == 8 and ck["step"] == 24
+    record = json.loads(ck["splitattn.model"])
+    assert record["label_names"] == ["class_0", "class_1", "class_2"] and record["model_name"] == "resnest14d"
+    assert ck["epoch"] == 8 and ck["step"] == 24
     assert ck["model_ema"] is not None and isinstance(ck["rng"][0]["torch"], torch.Tensor)
     assert "momentum_buffer" in ck["optimizer"]["state"][0]
 

@@ -6,7 +6,9 @@ import dataclasses
 import functools
 import hashlib
 import http.server
+import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -93,7 +95,8 @@ def test_save_weights_roundtrip_with_metadata(tmp_path) -> None:
     model = randomize_stats(splitattn.create_model("resnest14d")).eval()
     path = splitattn.save_weights(model, tmp_path / "sub" / "w.safetensors", metadata={"epoch": 3})
     sd, meta = read_state_dict(path)
-    assert meta["producer"] == "splitattn" and '"name": "resnest14d"' in meta["splitattn_cfg"]
+    assert meta["producer"] == "splitattn"
+    assert json.loads(meta["splitattn.model"])["model_name"] == "resnest14d"
     assert meta["epoch"] == "3" and set(sd) == set(model.state_dict())
     assert not list((tmp_path / "sub").glob("*.tmp")), "temp file left behind"
     loaded = splitattn.create_model("resnest14d", pretrained=str(path)).eval()
@@ -170,3 +173,30 @@ def test_pickled_code_is_refused(tmp_path, capsys) -> None:
         splitattn.create_model("resnest14d", pretrained=str(tmp_path / "trunc.pth"))
     with pytest.raises(WeightsError, match="does not exist"):
         splitattn.create_model("resnest14d", pretrained=str(tmp_path / "nope.pth"))
+
+
+def test_a_download_that_does_not_load_is_moved_aside(served, cache) -> None:
+    """A served file that is not weights (no hash to catch it) is not kept in the cache to fail forever."""
+    www, base = served
+    (www / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}" + b"\0" * 64)
+    with pytest.raises(WeightsError, match=r"the cached download .*broken.safetensors did not load .*not "
+                                           r"a readable safetensors file.*moved aside to "
+                                           r"broken.safetensors.bad, so the next call downloads it again"):
+        splitattn.create_model("resnest14d", pretrained=f"{base}/broken.safetensors")
+    cached = next(cache.rglob("broken.safetensors*"))
+    assert cached.name == "broken.safetensors.bad" and not list(cache.rglob("broken.safetensors"))
+    ref = randomize_stats(splitattn.create_model("resnest14d")).eval()
+    splitattn.save_weights(ref, www / "broken.safetensors")  # fixed on the server: the next call downloads
+    again = splitattn.create_model("resnest14d", pretrained=f"{base}/broken.safetensors").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(again(x), ref(x))
+
+
+def test_pretrained_that_is_not_a_regular_file(tmp_path) -> None:
+    fifo = tmp_path / "weights.pth"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "is not a regular file"), (Path("/dev/zero"), "is not a regular file"),
+                       (tmp_path / "nowhere.pth", "does not exist")):
+        with pytest.raises(WeightsError, match=f"weights file {path} {what}"):
+            splitattn.create_model("resnest14d", pretrained=str(path))

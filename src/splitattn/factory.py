@@ -8,28 +8,35 @@ they came from: its architecture arguments, ``in_chans`` and ``num_classes``, un
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from .data.preprocessing import apply_data_config
 from .errors import InputError, WeightsError
 from .hub import ModelSource, hf_source, local_dir_source, parse_model_name
 from .models.features import check_out_indices, features_only_model
 from .models.registry import (
-    ModelCfg,
     get_model_cfg,
     get_model_class,
     get_pretrained_cfg,
     list_models,
     resolve_name,
 )
-from .weights import file_source, load_state_dict_into, read_state_dict, resolve_weights
+from .models.spec import ModelSpec
+from .weights import (
+    WeightsFile,
+    check_same_function,
+    classifier_rows,
+    is_url,
+    load_state_dict_into,
+    read_pretrained,
+)
 
 _SET_BY_CREATE_MODEL = ("num_classes", "in_chans", "output_stride")
 _DEFAULT_OUTPUT_STRIDE = 32
@@ -89,23 +96,55 @@ def create_model(
     kind, ident = parse_model_name(name)
     if kind is None:  # before any download too
         _check_kwargs(resolve_name(ident), get_model_class(ident), kwargs)
-    src, state = _source(kind, ident, pretrained)
-    cfg = get_model_cfg(src.name)
-    cls = get_model_class(src.name)
-    _check_kwargs(cfg.name, cls, kwargs)
-    arch = {**src.kwargs, **kwargs}
-    stride = _first(output_stride, arch.pop("output_stride", None), _DEFAULT_OUTPUT_STRIDE)
-    n_classes = _first(num_classes, src.num_classes, cfg.num_classes)
-    chans = _first(in_chans, src.in_chans, cfg.input_size[0])
-    model = cls(num_classes=n_classes, in_chans=chans, output_stride=stride, **{**cfg.arch, **arch})
-    model.model_cfg = cfg
-    model.model_kwargs = {**arch, "in_chans": chans,
-                          **({"output_stride": stride} if stride != _DEFAULT_OUTPUT_STRIDE else {})}
-    model.pretrained_cfg = _pretrained_cfg(cfg, src, chans)
-    if state is not None:
-        load_state_dict_into(model, *state, src.weights, cfg, headless=src.num_classes == 0)
+    src = _source(kind, ident, pretrained)
+    _check_kwargs(src.spec.model_name, get_model_class(src.spec.model_name), kwargs)
+    args = {**src.spec.model_args, **kwargs}
+    if output_stride is not None:
+        args["output_stride"] = output_stride
+    n_classes = _first(num_classes, src.spec.num_classes)
+    labels = src.spec.label_names if n_classes == src.spec.num_classes else None
+    spec = src.spec.replace(model_args=args, num_classes=n_classes, label_names=labels,
+                            in_chans=_first(in_chans, src.spec.in_chans))
+    model = build_model(spec, src.variant, src.pretrained_cfg)
+    if src.weights is not None:
+        load_state_dict_into(model, src.weights, model.model_cfg,
+                             new_head=spec.num_classes != src.spec.num_classes,
+                             new_stem=spec.in_chans != src.spec.in_chans)
     if features_only:
         model = features_only_model(model, out_indices=out_indices, feature_cls=feature_cls)
+    return model
+
+
+def build_model(spec: ModelSpec, variant: str = "", pretrained_cfg: Mapping[str, Any] | None = None,
+                ) -> nn.Module:
+    """A freshly initialised model of ``spec`` (no weights), with its record's label names and eval
+    preprocessing.
+
+    Args:
+        spec: the record; its ``model_args`` may hold what a record cannot (a norm layer class).
+        variant: the registered name or alias whose ``pretrained_cfg`` applies (default ``spec``'s).
+        pretrained_cfg: fields over the registry's ``pretrained_cfg`` (a Hub or folder config's).
+
+    Returns:
+        The model, with ``model_cfg``, ``model_kwargs`` (what records it) and ``pretrained_cfg`` set.
+    """
+    cfg = get_model_cfg(spec.model_name)
+    arch = dict(spec.model_args)
+    stride = arch.pop("output_stride", _DEFAULT_OUTPUT_STRIDE)
+    model = get_model_class(cfg.name)(num_classes=spec.num_classes, in_chans=spec.in_chans,
+                                      output_stride=stride, **{**cfg.arch, **arch})
+    model.model_cfg = cfg
+    model.model_kwargs = {**arch, "in_chans": spec.in_chans,
+                          **({"output_stride": stride} if stride != _DEFAULT_OUTPUT_STRIDE else {})}
+    pcfg = {**get_pretrained_cfg(variant or cfg.name), **(pretrained_cfg or {})}
+    if spec.label_names is not None:
+        pcfg["label_names"] = list(spec.label_names)
+    elif len(pcfg.get("label_names") or ()) != spec.num_classes:
+        pcfg.pop("label_names", None)  # the weights' labels, not this classifier's
+    pcfg["input_size"] = (spec.in_chans, *tuple(pcfg.get("input_size") or cfg.input_size)[1:])
+    model.pretrained_cfg = pcfg
+    if spec.data_config is not None:
+        apply_data_config(model, spec.data_config)
     return model
 
 
@@ -113,44 +152,48 @@ def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
 
-def _is_url(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(("http://", "https://", "file://"))
-
-
-def _source(kind: str | None, ident: str, pretrained: bool | str | os.PathLike | None,
-            ) -> tuple[ModelSource, tuple[dict, dict] | None]:
-    """What a parsed model name and ``pretrained`` say about the model, and the weights to load as
-    ``(state dict, metadata)``."""
+def _source(kind: str | None, ident: str, pretrained: bool | str | os.PathLike | None) -> ModelSource:
+    """What a parsed model name and ``pretrained`` say about the model, with the weights to load."""
     want = pretrained is not None and pretrained is not False
-    folder = want and pretrained is not True and not _is_url(pretrained) and Path(pretrained).is_dir()
+    folder = want and pretrained is not True and not is_url(pretrained) and Path(pretrained).is_dir()
     if kind == "hf-hub":
-        src = hf_source(ident, weights=pretrained is True)
-    elif kind == "local-dir":
-        src = local_dir_source(ident, weights=pretrained is True)
-    elif folder:
+        return hf_source(ident, weights=pretrained is True)
+    if kind == "local-dir":
+        return local_dir_source(ident, weights=pretrained is True)
+    name = resolve_name(ident)
+    if folder:
         src = local_dir_source(pretrained, weights=True)
-        if src.name != resolve_name(ident):
-            raise WeightsError(f"{pretrained} holds a {src.name} (its config.json), not a "
-                               f"{resolve_name(ident)}; use create_model('local-dir:{pretrained}')")
-    else:
-        src = ModelSource(resolve_name(ident), ident)
+        if src.spec.model_name != name:
+            raise WeightsError(f"{pretrained} holds a {src.spec.model_name} (its config.json), not a "
+                               f"{name}; use create_model('local-dir:{pretrained}')")
+        return src
+    cfg = get_model_cfg(name)
     if not want:
-        return src, None
-    cfg = get_model_cfg(src.name)
-    if src.weights is None:
-        src.weights = resolve_weights(pretrained, cfg)
-    sd, meta = read_state_dict(src.weights)
-    if kind is None and not folder:  # a bare file: its metadata (or shapes) describe the model
-        src = dataclasses.replace(file_source(sd, meta, src.weights, cfg), variant=ident)
-    return src, (sd, meta)
+        return ModelSource(ModelSpec(name, num_classes=cfg.num_classes, in_chans=cfg.input_size[0]), ident)
+    weights = read_pretrained(pretrained, cfg)
+    return ModelSource(_file_spec(weights, name), ident, weights=weights, origin=str(weights.path))
 
 
-def _pretrained_cfg(cfg: ModelCfg, src: ModelSource, in_chans: int) -> dict[str, Any]:
-    """The registry's pretrained config with a Hub / folder / file config's fields over it, as timm does."""
-    pcfg = {**get_pretrained_cfg(src.variant or cfg.name), **src.pretrained_cfg}
-    size = tuple(pcfg.get("input_size") or cfg.input_size)
-    pcfg["input_size"] = (in_chans, *size[1:])
-    return pcfg
+def model_from_weights(weights: WeightsFile, name: str) -> nn.Module:
+    """The model ``create_model(name, pretrained=weights.path)`` gives, from a file already read."""
+    model = build_model(_file_spec(weights, resolve_name(name)), name)
+    return load_state_dict_into(model, weights, model.model_cfg)
+
+
+def _file_spec(weights: WeightsFile, name: str) -> ModelSpec:
+    """The model a bare weights file describes for ``create_model(name, pretrained=file)``: its record when it
+    has one (of ``name``, or of a model computing the same function), else its shapes (classes, channels)."""
+    cfg = get_model_cfg(name)
+    if weights.spec is not None:
+        if weights.spec.model_name == name:
+            return weights.spec
+        check_same_function(weights.spec, name, weights.path)
+        return weights.spec.replace(model_name=name, model_args={})
+    sd = weights.state_dict
+    rows = classifier_rows(sd, cfg.classifier)
+    conv = sd.get(f"{cfg.first_conv}.weight")
+    chans = int(conv.shape[1]) if conv is not None and conv.ndim == 4 else cfg.input_size[0]
+    return ModelSpec(name, num_classes=cfg.num_classes if rows is None else rows, in_chans=chans)
 
 
 def _check_kwargs(name: str, cls: type[nn.Module], kwargs: dict[str, Any]) -> None:
@@ -165,4 +208,4 @@ def _check_kwargs(name: str, cls: type[nn.Module], kwargs: dict[str, Any]) -> No
                          "output_stride, pretrained, features_only, out_indices, feature_cls)")
 
 
-__all__ = ["create_model", "list_models"]
+__all__ = ["build_model", "create_model", "list_models", "model_from_weights"]

@@ -8,10 +8,8 @@ timm weights) needs the model name and is taken to be ImageNet-1k.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,16 +19,15 @@ from torch import nn
 
 from .checkpoint import CKPT_SUFFIX, load_checkpoint, require_entries
 from .data.imagefolder import load_rgb
-from .data.preprocessing import DataConfig, apply_data_config, resolve_data_config
 from .data.transforms import create_eval_transform
-from .errors import CheckpointError, ConfigError, InputError, MissingFileError, SplitAttnError, WeightsError
-from .factory import create_model
-from .models.registry import check_model_name, resolve_name, short_repr, validate_arch_kwargs
-from .weights import check_state_dict, json_metadata, read_state_dict, save_weights
+from .errors import CheckpointError, InputError, MissingFileError, WeightsError
+from .factory import build_model, model_from_weights
+from .models.registry import resolve_name
+from .models.spec import ModelSpec, read_spec
+from .validation import Invalid
+from .weights import check_is_file, classifier_rows, read_weights, save_weights, state_dict_of
 
 WEIGHTS_SUFFIX = ".safetensors"
-MAX_IMAGE_SIDE = 8192
-"""Largest eval resize a file may ask for (the released models use at most 448)."""
 
 
 @lru_cache(maxsize=1)
@@ -43,89 +40,6 @@ def _imagenet_classes() -> tuple[str, ...]:
 def imagenet_classes() -> list[str]:
     """The 1000 readable ImageNet-1k class names, in the order of the sorted synset folders."""
     return list(_imagenet_classes())
-
-
-@dataclass(frozen=True)
-class _Arch:
-    """What a file records to rebuild its model, validated."""
-
-    name: str
-    kwargs: dict[str, Any]
-    classes: list[str] | None
-    eval_cfg: DataConfig | None
-
-
-def _arch(values: Mapping[str, Any], model_name: str | None, source: str,
-          error: type[SplitAttnError]) -> _Arch:
-    """Validate the ``model_name``, ``model_kwargs``, ``classes`` and ``eval_cfg`` a file records.
-
-    Nothing in them may name a file or URL or make loading allocate without bound: the constructor
-    arguments go through :func:`~splitattn.models.registry.validate_arch_kwargs`.
-    """
-    if model_name is not None:
-        name = resolve_name(model_name)  # the caller's name: an InputError listing close names
-    elif values.get("model_name") is None:
-        raise error(f"{source} does not record its model; pass the model name (--model NAME)")
-    else:
-        name = check_model_name(values["model_name"], source, error)
-    stored = values.get("model_kwargs")
-    kwargs = validate_arch_kwargs(name, {} if stored is None else stored, source, error)
-    classes = values.get("classes")
-    if classes is not None and (not isinstance(classes, list) or not classes
-                                or not all(isinstance(c, str) for c in classes)):
-        raise error(f"{source}: 'classes' must be a non-empty list of class names (strings), got "
-                    f"{short_repr(classes)}")
-    eval_cfg = values.get("eval_cfg")
-    return _Arch(name, kwargs, classes, None if eval_cfg is None else _eval_cfg(eval_cfg, source, error))
-
-
-def _eval_cfg(value: Any, source: str, error: type[SplitAttnError]) -> DataConfig:
-    """A stored ``eval_cfg`` as a :class:`DataConfig`, with finite statistics and a bounded image size."""
-    if not isinstance(value, Mapping):
-        raise error(f"{source}: 'eval_cfg' must be a mapping, got {type(value).__name__}")
-    try:
-        cfg = DataConfig.from_dict(value)
-    except (ConfigError, TypeError, ValueError, OverflowError, IndexError, KeyError) as e:
-        raise error(f"{source}: 'eval_cfg' is invalid ({str(e)[:200]})") from e
-    if not all(math.isfinite(v) for v in (*cfg.mean, *cfg.std)):
-        raise error(f"{source}: 'eval_cfg' mean/std must be finite, got {cfg.mean}, {cfg.std}")
-    try:
-        resize = cfg.resize_size
-    except OverflowError:  # crop_pct so small that crop / crop_pct is infinite
-        resize = math.inf
-    if resize > MAX_IMAGE_SIDE:
-        raise error(f"{source}: 'eval_cfg' resizes images to {resize} px (img_size "
-                    f"{cfg.crop_size} / crop_pct {cfg.crop_pct:g}), over the limit of {MAX_IMAGE_SIDE}")
-    return cfg
-
-
-def _num_classes(sd: Mapping[str, torch.Tensor], classes: list[str] | None, source: str,
-                 error: type[SplitAttnError]) -> int:
-    """The classifier size: the class list's, which must match ``fc.weight``; else ``fc.weight``'s rows."""
-    fc = sd.get("fc.weight")
-    if fc is not None and fc.ndim != 2:
-        raise error(f"{source}: 'fc.weight' has shape {tuple(fc.shape)}, expected (classes, features)")
-    if classes is None:
-        return int(fc.shape[0]) if fc is not None else 1000
-    if fc is None or fc.shape[0] != len(classes):
-        rows = "no 'fc.weight'" if fc is None else f"an 'fc.weight' of {fc.shape[0]} rows"
-        raise error(f"{source} records {len(classes)} class names but has {rows}: the file is inconsistent")
-    return len(classes)
-
-
-def _build(arch: _Arch, num_classes: int, source: str, error: type[SplitAttnError],
-           pretrained: Path | bool = False) -> nn.Module:
-    """``create_model`` of a file's architecture, its eval preprocessing applied."""
-    try:
-        model = create_model(arch.name, pretrained=pretrained, num_classes=num_classes, **arch.kwargs)
-    except SplitAttnError:
-        raise
-    except (ValueError, RuntimeError) as e:  # e.g. a width not divisible by the groups
-        raise error(f"{source}: its stored model arguments do not build {arch.name!r} "
-                    f"({str(e)[:200]})") from e
-    if arch.eval_cfg is not None:
-        apply_data_config(model, arch.eval_cfg)
-    return model
 
 
 def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
@@ -142,38 +56,45 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], what: str)
         raise CheckpointError(f"{what}: {'; '.join(parts)}")
 
 
+def _checkpoint_spec(ck: Mapping[str, Any], state: Mapping[str, torch.Tensor], path: Path,
+                     model_name: str | None) -> ModelSpec:
+    """The record of a training checkpoint, checked against its weights and the caller's model name."""
+    try:
+        spec = read_spec(ck, classifier_rows(state), encoded=False)
+        if spec is not None:
+            spec.check_tensors(state)
+    except Invalid as e:
+        raise CheckpointError(f"checkpoint {path}: {e}") from None
+    if spec is None:
+        raise CheckpointError(f"checkpoint {path} does not record its model; is it a checkpoint of "
+                              "`splitattn train`?")
+    if model_name is not None and resolve_name(model_name) != spec.model_name:
+        raise InputError(f"checkpoint {path} holds a {spec.model_name}, not a {resolve_name(model_name)}; "
+                         "drop --model (the checkpoint names its model)")
+    return spec
+
+
 def _classification_checkpoint(path: Path, ema: bool, model_name: str | None = None,
-                               ) -> tuple[nn.Module, list[str], dict[str, Any]]:
-    """``(model with the eval preprocessing, class names, export metadata)`` of a ``splitattn train`` run."""
+                               ) -> tuple[nn.Module, ModelSpec, dict[str, str]]:
+    """``(model, its record, export metadata)`` of the (EMA) weights of a ``splitattn train`` checkpoint."""
     ck = load_checkpoint(path)
     task = ck.get("task", "classification")
     if not isinstance(task, str) or task != "classification":
         raise CheckpointError(f"checkpoint {path} is a {str(task)[:40]} checkpoint, not a classification "
-                              "one; `splitattn tasks` evaluates it")
-    require_entries(ck, ("classes", "model"), path)
+                              "one; evaluate it with `splitattn train --eval-only` of its recipe")
     if ema and ck.get("model_ema") is None:
         raise CheckpointError(f"checkpoint {path} has no EMA weights (the run did not use --ema); drop --ema")
-    source = f"checkpoint {path}"
-    arch = _arch(ck, model_name, source, CheckpointError)
     key = "model_ema" if ema else "model"
-    state = check_state_dict(ck[key], f"checkpoint {path} entry {key!r}", CheckpointError)
-    model = _build(arch, _num_classes(state, arch.classes, source, CheckpointError), source, CheckpointError)
-    _load_strict(model, state, f"the weights in checkpoint {path} do not fit model {arch.name!r}")
-    counters = {k: ck.get(k) if type(ck.get(k)) is int else None for k in ("epoch", "step")}
-    meta = {"model_name": arch.name, "model_kwargs": arch.kwargs, "classes": arch.classes, **counters}
-    return model, arch.classes or [], meta
-
-
-def _weights_file(path: Path, model_name: str | None) -> tuple[nn.Module, list[str]]:
-    sd, meta = read_state_dict(path)
-    values = {k: json_metadata(meta, k, path) for k in ("model_kwargs", "classes", "eval_cfg")}
-    source = f"weights file {path}"
-    arch = _arch({**values, "model_name": meta.get("model_name")}, model_name, source, WeightsError)
-    num_classes = _num_classes(sd, arch.classes, source, WeightsError)
-    model = _build(arch, num_classes, source, WeightsError, pretrained=path)
-    classes = arch.classes or (imagenet_classes() if num_classes == 1000
-                               else [f"class_{i}" for i in range(num_classes)])
-    return model, classes
+    require_entries(ck, (key,), path)
+    try:
+        state = state_dict_of(ck[key])
+    except Invalid as e:
+        raise CheckpointError(f"checkpoint {path} entry {key!r}: {e}") from None
+    spec = _checkpoint_spec(ck, state, path, model_name)
+    model = build_model(spec)
+    _load_strict(model, state, f"the weights in checkpoint {path} do not fit model {spec.model_name!r}")
+    counters = {k: str(ck[k]) for k in ("epoch", "step") if type(ck.get(k)) is int}
+    return model, spec, {**counters, "ema": str(ema).lower()}
 
 
 def load_for_inference(weights: str | os.PathLike, model_name: str | None = None, ema: bool = False,
@@ -201,16 +122,28 @@ def load_for_inference(weights: str | os.PathLike, model_name: str | None = None
         InputError: ``ema`` for a weights file, or an unknown ``model_name``.
     """
     path = Path(weights)
-    if not path.is_file():
-        raise MissingFileError(f"weights file {path} does not exist")
+    check_is_file(path, "weights file", MissingFileError)
     if path.suffix == CKPT_SUFFIX:
-        model, classes, _ = _classification_checkpoint(path, ema, model_name)
-    else:
-        if ema:
-            raise InputError(f"--ema selects the EMA weights of a training checkpoint; {path} is a weights "
-                             "file (export-weights --ema writes the EMA weights into it)")
-        model, classes = _weights_file(path, model_name)
-    return model.eval(), classes
+        model, _, _ = _classification_checkpoint(path, ema, model_name)
+        return model.eval(), _class_names(model)
+    if ema:
+        raise InputError(f"--ema selects the EMA weights of a training checkpoint; {path} is a weights "
+                         "file (export-weights --ema writes the EMA weights into it)")
+    weights = read_weights(path)
+    if weights.spec is None and model_name is None:
+        raise WeightsError(f"weights file {path} does not record its model; pass the model name "
+                           "(--model NAME)")
+    model = model_from_weights(weights, model_name or weights.spec.model_name)
+    return model.eval(), _class_names(model)
+
+
+def _class_names(model: nn.Module) -> list[str]:
+    """The model's label names, else ImageNet's for 1000 classes, else ``class_<i>``."""
+    n = model.num_classes
+    classes = model.pretrained_cfg.get("label_names")
+    if not isinstance(classes, list) or len(classes) != n:
+        classes = imagenet_classes() if n == 1000 else [f"class_{i}" for i in range(n)]
+    return list(classes)
 
 
 def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, ema: bool = False) -> Path:
@@ -232,9 +165,8 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, ema: b
         raise InputError(f"export-weights writes safetensors; name the output {dst.stem}{WEIGHTS_SUFFIX} "
                          f"instead of {dst.name}" + (" (a .ckpt name is for training checkpoints)"
                                                      if dst.suffix == CKPT_SUFFIX else ""))
-    model, _, meta = _classification_checkpoint(src, ema)
-    return save_weights(model, dst, metadata={**meta, "eval_cfg": resolve_data_config(model).to_dict(),
-                                              "ema": ema})
+    model, spec, meta = _classification_checkpoint(src, ema)
+    return save_weights(model, dst, metadata=meta, spec=spec)
 
 
 @torch.inference_mode()

@@ -10,10 +10,12 @@ dequantize -> conv -> (add) -> (ReLU) -> quantize chain into one oneDNN INT8 con
 Split-Attention softmax over the radix and the attention-weighted sum of the splits, whose inputs are
 dequantized.
 
-The quantized program is what :meth:`QuantizedModel.save` writes (a ``torch.export`` ``.pt2`` archive)
-and :func:`load_quantized` reads back, after refusing any archive that holds pickled objects, code
-(guards), operators outside ``aten`` / ``quantized_decomposed`` or names that are not plain identifiers:
-``torch.export.load`` itself trusts its input.
+:meth:`QuantizedModel.save` writes tensors and JSON only (:mod:`splitattn.int8_format`): the program's
+constants in safetensors, the float model's record, the quantization settings and each quantize op's scale
+and zero point. :func:`load_quantized` rebuilds the program from the architecture (export, prepare,
+convert) and binds the stored values into it, checking that it reads exactly the stored tensors: nothing
+in the file is unpickled or deserialised as a program. :meth:`QuantizedModel.export_program` writes a
+``torch.export`` ``.pt2`` for deployment runtimes; splitattn never loads one.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import json
 import logging
 import os
 import platform
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +35,22 @@ import torch
 from torch import nn
 
 from .cpu_features import cpu_flags
-from .errors import EvalOnlyError, InputError, MissingDependencyError, MissingFileError, WeightsError, require
+from .errors import EvalOnlyError, InputError, MissingDependencyError, MissingFileError, require
+from .factory import build_model
 from .fileio import atomic_write
-from .pt2_archive import check_pt2_archive
+from .int8_format import FORMAT, VERSION, bind_graph_state, read_int8_file, write_int8_file
+from .models.spec import ModelSpec
+from .weights import check_is_file
 
 __all__ = [
-    "INT8_FLAGS", "QuantizedModel", "calibration_batches", "check_int8_support", "check_pt2_archive",
-    "cpu_flags", "default_reduce_range", "int8_dot_product", "int8_support_problem", "load_quantized",
-    "quantize",
+    "INT8_FLAGS", "QuantizedModel", "calibration_batches", "check_int8_support", "cpu_flags",
+    "default_reduce_range", "int8_dot_product", "int8_support_problem", "load_quantized", "quantize",
 ]
 
 log = logging.getLogger("splitattn")
 
 # CPU flags (as /proc/cpuinfo names them) of the int8 dot-product instructions oneDNN's INT8 kernels use.
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-FORMAT = "splitattn-int8"
-_META_FILE = "splitattn.json"
 
 
 def int8_dot_product(flags: Iterable[str] | None = None) -> bool:
@@ -141,7 +142,12 @@ def _as_images(batch: Any, index: int) -> torch.Tensor:
         what = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x)
         raise InputError(f"calibration batch {index} is {what}; expected float images (B, C, H, W) with "
                          "B >= 1, or (images, targets) pairs as a DataLoader yields them")
-    return x.detach().to("cpu", torch.float32).contiguous()
+    x = x.detach().to("cpu", torch.float32).contiguous()
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"calibration batch {index} holds NaN or infinite values "
+                         f"({int((~torch.isfinite(x)).sum())} of {x.numel()}); calibrate on real, "
+                         "preprocessed images")
+    return x
 
 
 def _calibration_stream(calibration: Iterable[Any], max_batches: int | None) -> Iterator[torch.Tensor]:
@@ -222,26 +228,48 @@ def quantize(
     first = next(stream, None)
     if first is None:
         raise InputError("the calibration set is empty; pass an iterable of (B, C, H, W) image batches")
+    settings = {
+        "format": FORMAT, "version": VERSION, "backend": backend, "input_shape": list(first.shape[1:]),
+        "calibration_images": 0, "attention": attention, "reduce_range": reduce_range,
+        "model": _model_name(model), "torch": torch.__version__, "torchao": _torchao_version(),
+    }
+    converted, settings["calibration_images"] = _convert(model, _chain(first, stream), settings, pt2e, x86)
+    spec = _model_spec(model)
+    return QuantizedModel(converted, settings, compile=compile, spec=spec)
+
+
+def _torchao_version() -> str:
+    return str(getattr(importlib.import_module("torchao"), "__version__", "unknown"))
+
+
+def _model_spec(model: nn.Module) -> ModelSpec | None:
+    """The record of a splitattn model with its eval preprocessing, or None (a torchvision model...)."""
+    if getattr(model, "model_cfg", None) is None:
+        return None
+    from .data.preprocessing import resolve_data_config
+
+    return ModelSpec.from_model(model, data_config=resolve_data_config(model).to_dict())
+
+
+def _convert(model: nn.Module, batches: Iterable[torch.Tensor], settings: Mapping[str, Any], pt2e: Any,
+             x86: Any) -> tuple[torch.fx.GraphModule, int]:
+    """``(quantized graph of model, images observed)``: captured, prepared as ``settings`` say (``attention``,
+    ``reduce_range``), observed on ``batches``, converted."""
+    batches = iter(batches)
+    first = next(batches)
     graph = _capture(model, first)
     quantizer = x86.X86InductorQuantizer()
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range))
-    if attention == "fp32":
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(reduce_range=settings["reduce_range"]))
+    if settings["attention"] == "fp32":
         for name in _attention_modules(model):
             quantizer.set_module_name_qconfig(name, None)
     prepared = pt2e.prepare_pt2e(graph, quantizer)
     n_images = 0
     with torch.no_grad():
-        for x in _chain(first, stream):
+        for x in _chain(first, batches):
             prepared(x)
             n_images += x.shape[0]
-        converted = pt2e.convert_pt2e(prepared)
-    info = {
-        "format": FORMAT, "version": 1, "backend": backend, "input_shape": list(first.shape[1:]),
-        "calibration_images": n_images, "attention": attention, "reduce_range": reduce_range,
-        "model": _model_name(model),
-        "torch": torch.__version__,
-    }
-    return QuantizedModel(converted, info, compile=compile)
+        return pt2e.convert_pt2e(prepared), n_images
 
 
 def _capture(model: nn.Module, first: torch.Tensor) -> nn.Module:
@@ -286,25 +314,27 @@ class QuantizedModel(nn.Module):
 
     Args:
         graph_module: the quantized graph (quantize/dequantize ops around float ops, dynamic batch axis)
-            of torchao's ``convert_pt2e``, or ``program.module()``.
-        info: what :func:`quantize` recorded (``input_shape``, ``calibration_images``, ``model``...).
+            of torchao's ``convert_pt2e``.
+        info: the quantization settings :func:`quantize` recorded (``input_shape``, ``calibration_images``,
+            ``attention``, ``reduce_range``, ``model``...).
         compile: run through inductor (the INT8 kernels) or the graph's reference ops as they are.
-        program: the ``torch.export.ExportedProgram`` of ``graph_module`` if there is one already.
+        spec: the float model's record (what :func:`load_quantized` rebuilds the program from), or None for
+            a model splitattn did not build.
 
     Attributes:
         graph_module: the quantized reference graph.
-        program: its ``ExportedProgram`` (what :meth:`save` writes; exported on first use).
-        info: the metadata dict; ``input_shape`` is ``[C, H, W]``.
+        info: the settings; ``input_shape`` is ``[C, H, W]``.
+        spec: the float model's record, or None.
 
     Shape:
         ``(B, C, H, W)`` float (any floating dtype, any memory format) -> ``(B, K)`` float32.
     """
 
     def __init__(self, graph_module: nn.Module, info: dict[str, Any], compile: bool = True,
-                 program: torch.export.ExportedProgram | None = None) -> None:
+                 spec: ModelSpec | None = None) -> None:
         super().__init__()
         self.graph_module = graph_module
-        self._program = program
+        self.spec = spec
         self.info = dict(info)
         self.compile = compile
         self._compiled: Any = None
@@ -317,16 +347,6 @@ class QuantizedModel(nn.Module):
             raise EvalOnlyError("this model was built by splitattn.quantize: it is an INT8 inference program "
                                 "and cannot train; train the float model and quantize it again")
         return self
-
-    @property
-    def program(self) -> torch.export.ExportedProgram:
-        """The quantized graph as a ``torch.export.ExportedProgram`` with a dynamic batch axis."""
-        if self._program is None:
-            example = torch.zeros(2, *self.info["input_shape"])
-            with torch.no_grad():
-                self._program = torch.export.export(self.graph_module, (example,),
-                                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-        return self._program
 
     def extra_repr(self) -> str:
         return (f"model={self.info.get('model')}, input_shape={tuple(self.info['input_shape'])}, "
@@ -369,16 +389,19 @@ class QuantizedModel(nn.Module):
         return out[:b]
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the quantized program and its metadata to ``path`` (a ``torch.export`` ``.pt2`` archive).
+        """Write the model as tensors and JSON (:mod:`splitattn.int8_format`), atomically; load it with
+        :func:`load_quantized`. The file is about a quarter of the float weights' size."""
+        return write_int8_file(path, self.graph_module, self.info, self.spec)
 
-        Load it with :func:`load_quantized` (checked, no pickle), or ``torch.export.load(path).module()``.
-        """
-        program = self.program
-        for node in program.graph.nodes:
-            # Source lines of the exporting process: not needed to run, and load_quantized refuses them.
-            node.meta.pop("stack_trace", None)
+    def export_program(self, path: str | os.PathLike) -> Path:
+        """Write the quantized program as a ``torch.export`` ``.pt2`` archive, for deployment runtimes
+        (``torch.export.load``, AOTInductor). splitattn never loads one: use :meth:`save` for that."""
+        example = torch.zeros(2, *self.info["input_shape"])
+        with torch.no_grad():
+            program = torch.export.export(self.graph_module, (example,),
+                                          dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
         buf = io.BytesIO()
-        torch.export.save(program, buf, extra_files={_META_FILE: json.dumps(self.info)})
+        torch.export.save(program, buf)
         return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 
@@ -390,51 +413,48 @@ def _inductor_freezing() -> Iterator[None]:
         yield
 
 
-def load_quantized(path: str | os.PathLike, compile: bool = True) -> QuantizedModel:
-    """Load a model written by :meth:`QuantizedModel.save`.
+def load_quantized(path: str | os.PathLike, compile: bool = True, model: nn.Module | None = None,
+                   ) -> QuantizedModel:
+    """Load a model written by :meth:`QuantizedModel.save`, rebuilding its program from the architecture.
 
-    The archive is checked before ``torch.export.load`` sees it (:func:`check_pt2_archive`): no
-    pickled objects, no guard code, only ``aten`` / ``quantized_decomposed`` operators, plain names.
+    The file holds tensors and JSON only. The float model is rebuilt from its record (or is ``model``),
+    captured and prepared as the settings say, and converted; the stored constants and quantization
+    parameters then replace the rebuilt ones, after checking that the program reads exactly the stored
+    tensors. The result computes what the saved model computed, to the bit. Rebuilding costs about what
+    :func:`quantize` costs without its calibration.
 
     Args:
-        path: the ``.pt2`` file.
-        compile: as in :func:`quantize`; ``False`` needs neither torchao nor an INT8-capable CPU.
+        path: the file (``.safetensors``).
+        compile: as in :func:`quantize`; ``False`` needs no INT8-capable CPU.
+        model: the float model of the same architecture (any weights), for a file of a model splitattn
+            did not build (a torchvision ResNet...); a splitattn model's file rebuilds its own.
 
     Raises:
         MissingFileError: ``path`` does not exist.
-        WeightsError: the file is not such an archive, is corrupt, or holds anything refused above.
-        MissingDependencyError: ``compile=True`` on a machine without oneDNN's INT8 kernels (see
-            :func:`int8_support_problem`).
+        WeightsError: the file is a ``.pt2`` archive (never opened), unreadable, has invalid metadata, or
+            does not fit the rebuilt program (another torch / torchao version); the message names the file.
+        InputError: a file of a model splitattn did not build, without ``model``.
+        MissingDependencyError: torchao is missing, or ``compile=True`` on a machine without oneDNN's INT8
+            kernels (see :func:`int8_support_problem`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"INT8 model file {path} does not exist")
-    if compile:
-        check_int8_support()
-    # Registers the quantized_decomposed ops the program calls.
-    importlib.import_module("torch.ao.quantization.fx._decomposed")
-    check_pt2_archive(path, required_extra=_META_FILE)
-    extra = {_META_FILE: ""}
-    try:
-        program = torch.export.load(path, extra_files=extra)
-    except Exception as e:  # noqa: BLE001 (a corrupt archive can fail anywhere in the deserializer)
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise WeightsError(f"INT8 model file {path} cannot be loaded by torch {torch.__version__} ({first}); "
-                           "quantize the float model again with this version") from e
-    try:
-        info = json.loads(extra[_META_FILE])
-    except ValueError as e:
-        raise WeightsError(f"INT8 model file {path} has unreadable metadata ({_META_FILE}: {e})") from e
-    shape = info.get("input_shape") if isinstance(info, dict) else None
-    if (not isinstance(info, dict) or info.get("format") != FORMAT or not isinstance(shape, list)
-            or len(shape) != 3 or not all(isinstance(s, int) and 0 < s <= 65536 for s in shape)):
-        raise WeightsError(f"INT8 model file {path} was not written by splitattn's QuantizedModel.save "
-                           f"(metadata {str(info)[:200]})")
-    if compile and not info.get("reduce_range") and not int8_dot_product():
+    check_is_file(path, "INT8 model file", MissingFileError)
+    pt2e, x86 = check_int8_support() if compile else _import_torchao()
+    stored = read_int8_file(path)
+    settings = stored.settings
+    if model is None:
+        if stored.spec is None:
+            raise InputError(f"INT8 model file {path} holds a {settings.get('model')}, which splitattn does "
+                             "not build: pass model=<that float model> (any weights) to rebuild its program")
+        model = build_model(stored.spec)
+    example = torch.zeros(2, *settings["input_shape"])
+    graph, _ = _convert(model, [example], settings, pt2e, x86)
+    bind_graph_state(graph, stored, path)
+    if compile and not settings["reduce_range"] and not int8_dot_product():
         log.warning("%s; %s was calibrated for 8-bit activations, which can saturate here: quantize the "
                     "float model on this machine (7-bit activations) if its accuracy drops",
                     _no_dot_product_note(), path)
-    return QuantizedModel(program.module(), info, compile=compile, program=program)
+    return QuantizedModel(graph, settings, compile=compile, spec=stored.spec)
 
 
 def calibration_batches(folder: str | os.PathLike, data_cfg: Any, num_images: int = 512,

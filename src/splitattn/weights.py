@@ -1,15 +1,12 @@
 """Reading and writing weights: official ``.pth``, timm ``.pth`` / ``.safetensors``, splitattn safetensors.
 
 Nothing here executes pickled code: ``.pth`` files go through ``torch.load(weights_only=True)`` and a
-file that needs more than tensors and plain containers is refused. A file never drives the program:
-the architecture its metadata records is checked (:func:`~splitattn.models.registry.validate_arch_kwargs`)
-and a malformed file raises :class:`~splitattn.errors.WeightsError` naming it. Downloads
-(:mod:`splitattn.download`) land in a cache directory and are checked against the release's SHA-256 prefix,
-or against the Hugging Face Hub's hash for the hub's mirror of a release.
-
-A splitattn file records the model it holds (``model_name``, ``model_kwargs``, ``classes``, and
-``splitattn_cfg``), and :func:`file_source` reads it back, so ``create_model(name, pretrained=FILE)`` rebuilds
-that model; a file without metadata still tells its class count and input channels by its shapes.
+file that needs more than tensors and plain containers is refused. A file never drives the program: the
+model record a splitattn file carries (:class:`~splitattn.models.spec.ModelSpec`, metadata entry
+``splitattn.model``) is validated, checked against the file's own tensors, and a malformed file raises
+:class:`~splitattn.errors.WeightsError` naming it and the field. Downloads (:mod:`splitattn.download`) land
+in a cache directory and are checked against the release's SHA-256 prefix, or against the Hugging Face
+Hub's hash for the hub's mirror of a release; a cached download that does not load is moved aside.
 """
 
 from __future__ import annotations
@@ -18,6 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,37 +24,41 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .download import HashMismatchError, download, hash_prefix_in_name, hf_weights_file, url_file_name
-from .errors import MissingDependencyError, SplitAttnError, WeightsError
-from .fileio import atomic_write, safe_torch_load
-from .hub import ModelSource, local_weights_file
-from .models.registry import (
-    ModelCfg,
-    check_model_name,
-    get_pretrained_cfg,
-    short_repr,
-    validate_arch_kwargs,
+from .download import (
+    HashMismatchError,
+    cache_dir,
+    discard_download,
+    download,
+    hash_prefix_in_name,
+    hf_weights_file,
+    url_file_name,
 )
+from .errors import MissingDependencyError, WeightsError
+from .fileio import atomic_write, safe_torch_load
+from .models.registry import ModelCfg, get_pretrained_cfg
+from .models.spec import RECORD_KEY, ModelSpec, read_spec
+from .validation import Invalid
 
 log = logging.getLogger("splitattn")
 
 _WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 
 
-def check_state_dict(obj: Any, source: str, error: type[SplitAttnError] = WeightsError,
-                     ) -> dict[str, torch.Tensor]:
-    """``obj`` as a state dict (string names to dense tensors), or ``error`` naming ``source``."""
+def state_dict_of(obj: Any) -> dict[str, torch.Tensor]:
+    """``obj`` as a state dict: string names to dense real tensors.
+
+    Raises:
+        Invalid: anything else, naming the first offending entry.
+    """
     if not isinstance(obj, Mapping):
-        raise error(f"{source} does not hold a state dict (a mapping of names to tensors) but a "
-                    f"{type(obj).__name__}")
+        raise Invalid("a state dict (a mapping of names to tensors)", shown=f"a {type(obj).__name__}")
     for k, v in obj.items():
         if not isinstance(k, str):
-            raise error(f"{source}: state dict key {short_repr(k)} is not a string")
+            raise Invalid("a string", k, "state dict key")
         if not isinstance(v, torch.Tensor):
-            raise error(f"{source}: state dict entry {short_repr(k)} is a {type(v).__name__}, not a tensor")
+            raise Invalid("a tensor", shown=f"a {type(v).__name__}", field=k)
         if v.layout != torch.strided or v.is_quantized or v.is_complex():
-            raise error(f"{source}: state dict entry {short_repr(k)} is a {v.layout} {v.dtype} tensor; "
-                        "weights must be dense real tensors")
+            raise Invalid("a dense real tensor", shown=f"a {v.layout} {v.dtype} tensor", field=k)
     return dict(obj)
 
 
@@ -67,10 +69,17 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except Exception as e:  # safetensors raises its own error types (and OSError, MemoryError...)
         raise WeightsError(f"{path} is not a readable safetensors file ({str(e)[:200]})") from e
-    bad = [k for k, v in meta.items() if not isinstance(k, str) or not isinstance(v, str)]
-    if bad:
-        raise WeightsError(f"{path}: safetensors metadata entry {short_repr(bad[0])} is not a string")
     return sd, meta
+
+
+def check_is_file(path: Path, what: str, error: type[Exception] = WeightsError) -> None:
+    """``error`` naming ``path`` unless it is a regular file (not a folder, FIFO or device)."""
+    if path.is_file():
+        return
+    if path.exists():
+        kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise error(f"{what} {path} is {kind}; pass a weights file")
+    raise error(f"{what} {path} does not exist")
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -83,12 +92,11 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         ``(state_dict, metadata)``; metadata is the safetensors header metadata (empty for ``.pth``).
 
     Raises:
-        WeightsError: the file is missing, truncated, corrupt, needs pickled code or holds anything but
-            a mapping of names to dense tensors; the message names the file.
+        WeightsError: the file is missing, not a regular file, truncated, corrupt, needs pickled code or
+            holds anything but a mapping of names to dense tensors; the message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
+    check_is_file(path, "weights file")
     meta: dict[str, str] = {}
     if path.suffix == ".safetensors":
         sd, meta = _read_safetensors(path)
@@ -99,25 +107,57 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                 if key in obj and isinstance(obj[key], Mapping):
                     obj = obj[key]
                     break
-        sd = check_state_dict(obj, f"weights file {path}")
+        try:
+            sd = state_dict_of(obj)
+        except Invalid as e:
+            raise WeightsError(f"weights file {path}: {e}") from None
     for prefix in ("module.", "_orig_mod."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
     return sd, meta
 
 
-def json_metadata(meta: Mapping[str, str], key: str, path: str | os.PathLike) -> Any:
-    """The JSON value of safetensors metadata entry ``key`` (None when absent).
+def classifier_rows(sd: Mapping[str, torch.Tensor], classifier: str = "fc") -> int | None:
+    """The rows of the classifier weight in ``sd`` (None without one)."""
+    fc = sd.get(f"{classifier}.weight")
+    return int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None
+
+
+@dataclass
+class WeightsFile:
+    """A weights file as read: its tensors and the model record it carries (None for official / timm files).
+
+    Attributes:
+        path: the file.
+        state_dict: its tensors.
+        spec: its record, validated and consistent with ``state_dict``.
+    """
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    spec: ModelSpec | None
+
+
+def read_weights(path: str | os.PathLike, cfg: ModelCfg | None = None) -> WeightsFile:
+    """Read a weights file and the model record it carries, checked against its tensors.
+
+    Args:
+        path: the file.
+        cfg: the registered model it is meant for, whose classifier gives an old record's class count.
 
     Raises:
-        WeightsError: the entry is not valid JSON, naming the file and key.
+        WeightsError: the file cannot be read (see :func:`read_state_dict`), its record is malformed, or the
+            record disagrees with the tensors; the message names the file and the field.
     """
-    if key not in meta:
-        return None
+    path = Path(path)
+    sd, meta = read_state_dict(path)
     try:
-        return json.loads(meta[key])
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise WeightsError(f"{path}: metadata entry {key!r} is not valid JSON ({str(e)[:80]})") from e
+        spec = read_spec(meta, classifier_rows(sd, cfg.classifier if cfg else "fc"))
+        if spec is not None:
+            spec.check_tensors(sd)
+    except Invalid as e:
+        raise WeightsError(f"weights file {path}: {e}") from None
+    return WeightsFile(path, sd, spec)
 
 
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -136,42 +176,6 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
         reps = -(-in_chans // i)
         w = w.repeat(1, reps, 1, 1)[:, :in_chans] * (i / in_chans)
     return w.to(weight.dtype)
-
-
-def saved_arch(meta: Mapping[str, str], path: str | os.PathLike) -> tuple[str, dict[str, Any]] | None:
-    """``(model name, architecture)`` recorded in a splitattn file's ``splitattn_cfg``, validated.
-
-    Raises:
-        WeightsError: the entry is not JSON, not an object, or names an unknown model or argument.
-    """
-    saved = json_metadata(meta, "splitattn_cfg", path)
-    if saved is None:
-        return None
-    source = f"weights file {path}, metadata 'splitattn_cfg'"
-    if not isinstance(saved, dict):
-        raise WeightsError(f"{source}: expected a JSON object, got {type(saved).__name__}")
-    name = check_model_name(saved.get("name"), source, WeightsError)
-    return name, validate_arch_kwargs(name, saved.get("arch", {}), source, WeightsError)
-
-
-def _check_saved_arch(meta: Mapping[str, str], cfg: Any, path: Path) -> None:
-    """Refuse splitattn weights saved from a different architecture that happens to share shapes.
-
-    resnest50_fast_2s1x64d loads shape-for-shape into resnest50 but computes another function
-    (avd before the split-attention conv); our own files record the architecture, so we can tell.
-    """
-    saved = saved_arch(meta, path)
-    if cfg is None or saved is None:
-        return
-    saved_name, saved_args = saved
-    arch = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.arch.items()}
-    if saved_args and saved_args != arch:
-        diff = sorted(k for k in set(saved_args) | set(arch) if saved_args.get(k) != arch.get(k))
-        raise WeightsError(
-            f"{path} holds weights of {saved_name!r}, whose architecture differs from {cfg.name!r} in "
-            f"{', '.join(diff)}: the shapes may match but the function does not; "
-            f"use create_model({saved_name!r})"
-        )
 
 
 def release_weights(cfg: ModelCfg, progress: bool = True) -> Path:
@@ -212,97 +216,64 @@ def release_weights(cfg: ModelCfg, progress: bool = True) -> Path:
                        + "; download them by hand and pass pretrained=PATH")
 
 
+def is_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://", "file://"))
+
+
 def resolve_weights(source: str | os.PathLike | bool, cfg: ModelCfg | None, progress: bool = True) -> Path:
-    """The local file of ``pretrained=source``: the release (``True``), a URL (downloaded), a folder's
-    weights file, or a path."""
+    """The local file of ``pretrained=source``: the release (``True``), a URL (downloaded) or a path."""
     if source is True:
         if cfg is None:
             raise WeightsError("pretrained=True needs a registered model; pass a path or URL")
         return release_weights(cfg, progress)
-    if isinstance(source, str) and source.startswith(("http://", "https://", "file://")):
+    if is_url(source):
         # The release file's prefix from the config, else torch.hub's <name>-<hex>.<ext> convention.
         known = cfg is not None and cfg.hash_prefix and cfg.file_name == url_file_name(source)
         return download(source, cfg.hash_prefix if known else hash_prefix_in_name(source), progress)
-    path = Path(source)
-    return local_weights_file(path, str(path)) if path.is_dir() else path
+    return Path(source)
 
 
-def _recorded(meta: Mapping[str, str], path: Path) -> tuple[str | None, dict[str, Any], list[str] | None]:
-    """``(model name, architecture arguments, class names)`` a splitattn file records, validated."""
-    name = meta.get("model_name")
-    saved = saved_arch(meta, path)
-    if name is None and saved is not None:
-        name = saved[0]
-    source = f"weights file {path}"
-    if name is None:
-        return None, {}, None
-    name = check_model_name(name, source, WeightsError)
-    kwargs = validate_arch_kwargs(name, json_metadata(meta, "model_kwargs", path) or {}, source, WeightsError)
-    classes = json_metadata(meta, "classes", path)
-    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
-        raise WeightsError(f"{source}: metadata 'classes' must be a list of class names, got "
-                           f"{short_repr(classes)}")
-    return name, kwargs, classes
-
-
-def file_source(sd: Mapping[str, torch.Tensor], meta: Mapping[str, str], path: Path, cfg: ModelCfg,
-                ) -> ModelSource:
-    """The model a weights file describes, for ``create_model(cfg.name, pretrained=path)``.
-
-    A splitattn file's recorded architecture arguments and class names apply when it records this model;
-    the class count is the class list's, else the classifier's rows (0 for a splitattn file without one);
-    the input channels are the recorded ones, else the first conv's.
-
-    Raises:
-        WeightsError: invalid metadata, or a class list that disagrees with the classifier.
-    """
-    name, kwargs, classes = _recorded(meta, path)
-    if name is not None and name != cfg.name:
-        kwargs, classes = {}, None  # another model's file: refused by the architecture check when loading
-    fc = sd.get(f"{cfg.classifier}.weight")
-    rows = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None
-    if classes is not None and rows is not None and len(classes) != rows:
-        raise WeightsError(f"weights file {path} records {len(classes)} class names but its classifier has "
-                           f"{rows} rows: the file is inconsistent")
-    in_chans = kwargs.pop("in_chans", None)
-    conv = sd.get(f"{cfg.first_conv}.weight")
-    if in_chans is None and conv is not None and conv.ndim == 4:
-        in_chans = int(conv.shape[1])
-    pretrained_cfg = {"label_names": classes} if classes else {}
-    num_classes = len(classes) if classes else rows
-    if num_classes is None and name == cfg.name and not any(k.startswith(cfg.classifier + ".") for k in sd):
-        num_classes = 0  # our own file of a model without a classifier (num_classes=0)
-    return ModelSource(cfg.name, cfg.name, kwargs, num_classes, in_chans, pretrained_cfg, path, str(path))
+def read_pretrained(source: str | os.PathLike | bool, cfg: ModelCfg | None, progress: bool = True,
+                    ) -> WeightsFile:
+    """:func:`read_weights` of :func:`resolve_weights`; a download that does not load is moved aside."""
+    path = resolve_weights(source, cfg, progress)
+    try:
+        return read_weights(path, cfg)
+    except WeightsError as e:
+        downloaded = source is True or is_url(source)
+        if not downloaded or not path.resolve().is_relative_to(cache_dir().resolve()):
+            raise
+        moved = discard_download(path, str(e))
+        raise WeightsError(f"the cached download {path} did not load ({e}); moved aside to {moved.name}, so "
+                           "the next call downloads it again") from e
 
 
 def _fit_state_dict(sd: dict[str, torch.Tensor], model: nn.Module, cfg: Any, name: str, path: Path,
-                    strict: bool, headless: bool = False) -> dict[str, torch.Tensor]:
-    """``sd`` adapted to ``model`` (counters, first conv, classifier); raises on what does not fit.
+                    strict: bool, new_head: bool, new_stem: bool) -> dict[str, torch.Tensor]:
+    """``sd`` adapted to ``model``; raises on what does not fit.
 
-    ``headless``: the file is known to hold no classifier, so the model's keeps its fresh init."""
+    ``new_head``: the caller asked for another class count, so a classifier of other rows is dropped (the
+    model's keeps its fresh init); ``new_stem``: the caller asked for other input channels, so RGB stem
+    weights are adapted.
+    """
     own = model.state_dict()
     # FrozenBatchNorm2d and GroupNorm keep no batch counter: drop the counters the file has.
     sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked") or k in own}
     first_conv = getattr(cfg, "first_conv", "conv1.0") + ".weight"
     classifier = getattr(cfg, "classifier", "fc")
     conv, ref = sd.get(first_conv), own.get(first_conv)
-    if (conv is not None and ref is not None and conv.ndim == ref.ndim == 4 and conv.shape[1] != ref.shape[1]
-            and conv.shape[0] == ref.shape[0] and conv.shape[2:] == ref.shape[2:]):
+    if (new_stem and conv is not None and ref is not None and conv.ndim == ref.ndim == 4
+            and conv.shape[1] != ref.shape[1] and conv.shape[0] == ref.shape[0]
+            and conv.shape[2:] == ref.shape[2:]):
         sd[first_conv] = adapt_input_conv(conv, ref.shape[1])
         log.info("%s: adapted %s to %d input channels", name, first_conv, ref.shape[1])
     cls_keys = [k for k in sd if k.startswith(classifier + ".")]
-    if cls_keys and any(k not in own or own[k].shape != sd[k].shape for k in cls_keys):
+    if new_head and any(k not in own or own[k].shape != sd[k].shape for k in cls_keys):
         for k in cls_keys:
             sd.pop(k)
         log.warning("%s: classifier weights in %s dropped (the model has %s classes)", name, path,
-                    getattr(model, "num_classes", "?"))
-        strict_cls = False
-    else:
-        strict_cls = not (headless and not cls_keys)
-        if not strict_cls:
-            log.info("%s: %s holds no classifier; the new one keeps its initialisation", name, path)
-
-    missing = [k for k in own if k not in sd and (strict_cls or not k.startswith(classifier + "."))]
+                 getattr(model, "num_classes", "?"))
+    missing = [k for k in own if k not in sd and not (new_head and k.startswith(classifier + "."))]
     unexpected = [k[:80] for k in sd if k not in own]
     bad_shape = [k for k in sd if k in own and sd[k].shape != own[k].shape]
     if strict and (missing or unexpected or bad_shape):
@@ -321,19 +292,31 @@ def _fit_state_dict(sd: dict[str, torch.Tensor], model: nn.Module, cfg: Any, nam
     return sd
 
 
-def load_state_dict_into(model: nn.Module, sd: dict[str, torch.Tensor], meta: Mapping[str, str], path: Path,
-                         cfg: ModelCfg | None = None, strict: bool = True, headless: bool = False,
-                         ) -> nn.Module:
-    """Load a state dict read from ``path`` into ``model``, adapted as :func:`load_pretrained` says
-    (``headless``: the file is known to have no classifier, e.g. a splitattn file of ``num_classes=0``)."""
+def load_state_dict_into(model: nn.Module, weights: WeightsFile, cfg: ModelCfg | None = None,
+                         strict: bool = True, new_head: bool = False, new_stem: bool = False) -> nn.Module:
+    """Load ``weights`` into ``model``, adapted only as the caller asked (see :func:`_fit_state_dict`)."""
     name = getattr(cfg, "name", type(model).__name__)
-    _check_saved_arch(meta, cfg, path)
-    sd = _fit_state_dict(sd, model, cfg, name, path, strict, headless)
+    sd = _fit_state_dict(weights.state_dict, model, cfg, name, weights.path, strict, new_head, new_stem)
     try:
         model.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # e.g. a dtype that cannot be copied into the parameters
-        raise WeightsError(f"weights {path} do not load into model {name} ({str(e)[:200]})") from e
+        raise WeightsError(f"weights {weights.path} do not load into model {name} ({str(e)[:200]})") from e
     return model
+
+
+def check_same_function(spec: ModelSpec, name: str, path: Path) -> None:
+    """Refuse weights recorded as another architecture that happens to share shapes with ``name``.
+
+    resnest50_fast_2s1x64d loads shape-for-shape into resnest50 but computes another function (avd before
+    the split-attention conv); our own files record the architecture, so we can tell.
+    """
+    theirs, ours = spec.function, ModelSpec(name).function
+    diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if diff:
+        raise WeightsError(
+            f"{path} holds weights of {spec.model_name!r}, whose architecture differs from {name!r} in "
+            f"{', '.join(diff)}: the shapes may match but the function does not; "
+            f"use create_model({spec.model_name!r})")
 
 
 def load_pretrained(
@@ -343,51 +326,49 @@ def load_pretrained(
     strict: bool = True,
     progress: bool = True,
 ) -> nn.Module:
-    """Load weights into ``model`` from ``True`` (the release in ``cfg``), a URL, a file or a model folder.
+    """Load weights into ``model`` from ``True`` (the release in ``cfg``), a URL or a file.
 
-    The classifier is dropped when ``model.num_classes`` differs from the checkpoint's (logged), and the
-    first conv is adapted when ``model.in_chans`` differs. With ``strict=False``, missing keys keep their
-    initialisation and mis-shaped ones are skipped (logged). ``cfg`` defaults to ``model.model_cfg``.
+    The model is the caller's: its classifier keeps its init when the file has another class count
+    (logged), and RGB stem weights are adapted to its ``in_chans``. With ``strict=False``, missing keys
+    keep their initialisation and mis-shaped ones are skipped (logged). ``cfg`` defaults to
+    ``model.model_cfg``.
 
     Raises:
-        WeightsError: unreadable file, failed download, hash mismatch, or missing / unexpected /
-            mis-shaped keys (the first few of each are named, with the model).
+        WeightsError: unreadable file, failed download, hash mismatch, weights recorded as another
+            architecture, or missing / unexpected / mis-shaped keys (the first few of each are named).
     """
     cfg = cfg if cfg is not None else getattr(model, "model_cfg", None)
-    path = resolve_weights(source, cfg, progress)
-    sd, meta = read_state_dict(path)
-    return load_state_dict_into(model, sd, meta, path, cfg, strict)
+    weights = read_pretrained(source, cfg, progress)
+    if weights.spec is not None and cfg is not None:
+        check_same_function(weights.spec, cfg.name, weights.path)
+    return load_state_dict_into(model, weights, cfg, strict, new_head=True, new_stem=True)
 
 
-def _plain(value: Any) -> bool:
-    if isinstance(value, list | tuple):
-        return all(_plain(v) for v in value)
-    return isinstance(value, str | int | float | bool) or value is None
+def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None,
+                 spec: ModelSpec | None = None) -> Path:
+    """Write ``model``'s state dict as safetensors, atomically, with its model record as metadata.
 
+    Args:
+        model: any module; a model of :func:`splitattn.create_model` also gets its record
+            (:meth:`ModelSpec.from_model`), so ``create_model(name, pretrained=path)`` rebuilds it.
+        path: the file.
+        metadata: more entries to store, informational (strings as they are, other values as JSON).
+        spec: the record to store instead of the model's own (e.g. with label names and eval preprocessing).
 
-def save_weights(
-    model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
-) -> Path:
-    """Write ``model``'s state dict as safetensors, atomically, with what rebuilds it as metadata.
-
-    The metadata holds ``splitattn_cfg`` (the model's registry record as JSON), ``model_name`` and
-    ``model_kwargs`` (the architecture arguments ``create_model`` was given, ``in_chans`` included) when
-    the model has them, plus any ``metadata`` given (strings as they are, other values as JSON), which
-    takes precedence. ``create_model(name, pretrained=path)`` then rebuilds the same model.
+    Raises:
+        InputError: the model's record cannot be written (see :meth:`ModelSpec.from_model`).
     """
-    meta = {"format": "pt", "producer": "splitattn"}
-    cfg = getattr(model, "model_cfg", None)
-    if cfg is None and isinstance(getattr(model, "pretrained_cfg", None), ModelCfg):
-        cfg = model.pretrained_cfg
-    if cfg is not None:
-        meta["splitattn_cfg"] = json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg, default=str)
-        meta["model_name"] = cfg.name
-    kwargs = getattr(model, "model_kwargs", None)
-    if isinstance(kwargs, Mapping) and all(_plain(v) for v in kwargs.values()):
-        meta["model_kwargs"] = json.dumps(dict(kwargs))
-    elif kwargs:
-        log.warning("%s: model_kwargs %s are not all plain values; not recorded in the file", path, kwargs)
-    for k, v in (metadata or {}).items():
-        meta[k] = v if isinstance(v, str) else json.dumps(v, default=str)
+    if spec is None and getattr(model, "model_cfg", None) is not None:
+        spec = ModelSpec.from_model(model)
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    meta.update(format="pt", producer="splitattn")
+    if spec is not None:
+        meta[RECORD_KEY] = spec.to_json()
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
+
+
+__all__ = ["WeightsFile", "adapt_input_conv", "check_same_function", "load_pretrained",
+           "load_state_dict_into", "read_pretrained", "read_state_dict", "read_weights", "release_weights",
+           "resolve_weights",
+           "save_weights", "state_dict_of"]

@@ -1,4 +1,4 @@
-"""``splitattn export --model NAME [--weights FILE] --format onnx|torchscript|pt2 [--int8 ...] OUT``."""
+"""``splitattn export --model NAME [--weights FILE] --format onnx|torchscript|int8|pt2 [--int8 ...] OUT``."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def run(args: argparse.Namespace) -> int:
     size = args.image_size or resolve_data_config(model).crop_size
     if args.int8:
         return _run_int8(args, model, size, console)
-    if args.format == "pt2":
-        raise InputError("--format pt2 writes an INT8 model: add --int8 --calibration DIR")
+    if args.format in ("int8", "pt2"):
+        raise InputError(f"--format {args.format} writes an INT8 model: add --int8 --calibration DIR")
     if args.optimized:
         # The layout does not survive export; ONNX Runtime picks its own.
         model = optimize_for_inference(model, channels_last=False)
@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_int8(args: argparse.Namespace, model: Any, size: int, console: Any) -> int:
-    """``--int8``: calibrate on ``--calibration`` images, write QDQ ONNX or a ``.pt2``, compare to fp32."""
+    """``--int8``: calibrate on ``--calibration`` images, write QDQ ONNX, splitattn's INT8 file or a ``.pt2``,
+    compare to fp32."""
     import torch
     import torch.nn.functional as F
 
@@ -58,8 +59,10 @@ def _run_int8(args: argparse.Namespace, model: Any, size: int, console: Any) -> 
     from ..quantize import calibration_batches, quantize
 
     if args.format == "torchscript":
-        raise InputError("--int8 writes --format onnx (QDQ, for onnxruntime) or --format pt2 (torch.export, "
-                         "for splitattn.quantize.load_quantized); TorchScript has no INT8 path here")
+        raise InputError("--int8 writes --format onnx (QDQ, for onnxruntime), --format int8 (safetensors, "
+                         "for splitattn.load_quantized) or --format pt2 (torch.export, for deployment "
+                         "runtimes); "
+                         "TorchScript has no INT8 path here")
     if not args.calibration:
         raise InputError("--int8 needs --calibration DIR: a folder of a few hundred representative images "
                          "(e.g. the training split)")
@@ -72,7 +75,7 @@ def _run_int8(args: argparse.Namespace, model: Any, size: int, console: Any) -> 
                                 method=args.calibration_method, reduce_range=args.reduce_range)
     else:
         qmodel = quantize(model, batches, compile=False, reduce_range=args.reduce_range)
-        path = qmodel.save(args.out)
+        path = qmodel.save(args.out) if args.format == "int8" else qmodel.export_program(args.out)
     console.print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, INT8 {args.format}, calibrated on "
                   f"{n} images of {args.calibration}, {size}x{size} input) "
                   f"in {time.perf_counter() - t0:.1f} s")
@@ -98,8 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weights: a local official/timm .pth or safetensors file, a URL, or 'pretrained' "
                         "for the "
                         "released weights (downloaded); default: random init")
-    p.add_argument("--format", choices=["onnx", "torchscript", "pt2"], default="onnx",
-                   help="onnx, torchscript, or pt2 (an INT8 torch.export program; needs --int8)")
+    p.add_argument("--format", choices=["onnx", "torchscript", "int8", "pt2"], default="onnx",
+                   help="onnx, torchscript; with --int8 also int8 (tensors + JSON that "
+                        "splitattn.load_quantized rebuilds) or pt2 (a torch.export program for deployment "
+                        "runtimes, which splitattn never loads)")
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the model's crop)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="classifier outputs (default: the weights file's, else 1000)")
@@ -110,14 +115,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="skip running the export against PyTorch at batch 3")
     p.add_argument("--atol", type=float, default=1e-4, help="max abs difference allowed by the check")
     p.add_argument("--int8", action="store_true",
-                   help="post-training static INT8: QDQ ONNX for onnxruntime (--format onnx) or a "
-                        "torch.export program (--format pt2); needs --calibration")
+                   help="post-training static INT8: QDQ ONNX for onnxruntime (--format onnx), splitattn's "
+                        "INT8 file (--format int8) or a torch.export program (--format pt2); needs "
+                        "--calibration")
     p.add_argument("--calibration", metavar="DIR", help="INT8 calibration images (any folder of images)")
     p.add_argument("--calibration-images", type=int, default=512, metavar="N",
                    help="how many calibration images (default 512, chosen with a fixed seed)")
     p.add_argument("--calibration-method", choices=["minmax", "entropy", "percentile"], default="minmax",
                    help="onnxruntime's range estimation for --format onnx (default minmax)")
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
-                   help="INT8 with 7-bit ranges (onnx: weights; pt2: activations), which CPUs without VNNI "
-                        "need to avoid saturation (default: if this CPU lacks VNNI)")
+                   help="INT8 with 7-bit ranges (onnx: weights; int8/pt2: activations), which CPUs without "
+                        "VNNI need to avoid saturation (default: if this CPU lacks VNNI)")
     p.set_defaults(func=run)

@@ -33,6 +33,8 @@ from ..factory import create_model
 from ..models import set_drop_block_prob
 from ..models.detection import create_detection_model
 from ..models.segmentation import create_segmentation_model, segmentation_loss
+from ..models.spec import RECORD_KEY, ModelSpec, read_spec
+from ..validation import Invalid
 from .config import ClassificationConfig, DetectionConfig, RunConfig, SegmentationConfig
 from .schedule import WarmupSchedule, drop_block_prob_at
 
@@ -175,7 +177,7 @@ class ClassificationTask(Task):
 
     def build_val_dataset(self, ck: dict[str, Any]) -> Dataset:
         _, val_dir = resolve_split_dirs(self.cfg.data)
-        self.classes = list(ck["classes"])
+        self.classes = list(self._record(ck, "checkpoint").label_names or ())
         return ImageFolderDataset(val_dir, create_eval_transform(self.data_cfg), classes=self.classes,
                                   skip_bad_images=self.cfg.skip_bad_images, what="val")
 
@@ -188,6 +190,7 @@ class ClassificationTask(Task):
                              drop_rate=c.drop_rate, drop_block_rate=c.drop_block_rate,
                              zero_init_last=c.zero_init_last, norm_layer=c.norm_layer,
                              **{"in_chans": 3, **c.model_kwargs})  # RGB loader, whatever the weights had
+        self.spec = ModelSpec.from_model(model, self.classes, self.data_cfg.to_dict())
         return apply_data_config(model, self.data_cfg)
 
     def peak_lr(self, global_batch: int) -> float:
@@ -234,11 +237,37 @@ class ClassificationTask(Task):
         return out
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        kwargs = dict(self.cfg.model_kwargs)
-        if self.cfg.norm_layer in ("frozenbn", "groupnorm"):  # their state dicts differ from BatchNorm's
-            kwargs["norm_layer"] = self.cfg.norm_layer
-        return {"model_name": self.cfg.model, "model_kwargs": kwargs,
-                "classes": list(self.classes), "eval_cfg": self.data_cfg.to_dict()}
+        return {RECORD_KEY: self.spec.to_json()}
+
+    @staticmethod
+    def _record(ck: dict[str, Any], path: Any) -> ModelSpec:
+        """The model record of checkpoint ``ck`` (read from ``path``), validated."""
+        try:
+            spec = read_spec(ck, encoded=False)
+        except Invalid as e:
+            raise CheckpointError(f"checkpoint {path}: {e}") from None
+        if spec is None:
+            raise CheckpointError(f"checkpoint {path} does not record its model; is it a checkpoint of "
+                                  "`splitattn train`?")
+        return spec
+
+    def check_resume(self, ck: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint of another model: architecture (a new dropout rate or eval preprocessing may
+        change on resume), classes, input channels."""
+        record = self._record(ck, path)
+        theirs, ours = ({"model_name": s.model_name, "architecture": s.function, "num_classes": s.num_classes,
+                         "in_chans": s.in_chans, "label_names": list(s.label_names or ())}
+                        for s in (record, self.spec))
+        for key in ours:
+            if theirs.get(key) != ours[key]:
+                a, b = theirs.get(key), ours[key]
+                if key == "label_names":
+                    a, b = f"{len(a or ())} classes {list(a or ())[:5]}", f"{len(b)} classes {list(b)[:5]}"
+                elif key == "architecture":
+                    diff = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+                    a, b = ({k: d.get(k) for k in diff} for d in (a, b))
+                raise CheckpointError(f"checkpoint {path} was trained with {key} {a}, this run has {b}; use "
+                                      "another --output, or --resume with a matching checkpoint")
 
 
 class DetectionTask(Task):

@@ -14,16 +14,14 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
-from ..errors import ConfigError, InputError, SplitAttnError
-from ..layers.norm import norm_name
+from ..errors import ConfigError, InputError
 
 
 @dataclass(frozen=True)
@@ -213,152 +211,3 @@ def list_models(pattern: str = "*", include_aliases: bool = False) -> list[str]:
     if include_aliases:
         names += list(_ALIASES)
     return [n for n in names if fnmatch.fnmatch(n, pattern)]
-
-
-# -- architecture arguments read from files ------------------------------------------------------
-class _Invalid(Exception):
-    """A value outside its spec; the message says what was expected."""
-
-
-def _int(lo: int, hi: int) -> Callable[[Any], int]:
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise _Invalid(f"an integer in [{lo}, {hi}]")
-        return v
-    return check
-
-
-def _rate(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= v < 1.0:
-        raise _Invalid("a number in [0, 1)")
-    return float(v)
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise _Invalid("true or false")
-    return v
-
-
-def _choice(*options: Any) -> Callable[[Any], Any]:
-    def check(v: Any) -> Any:
-        if isinstance(v, bool) or v not in options:
-            raise _Invalid(f"one of {list(options)}")
-        return v
-    return check
-
-
-def _depths(v: Any) -> tuple[int, ...]:
-    if not isinstance(v, list | tuple) or len(v) != 4:
-        raise _Invalid("a list of 4 stage depths, each in [1, 64]")
-    try:
-        return tuple(_int(1, 64)(d) for d in v)
-    except _Invalid:
-        raise _Invalid("a list of 4 stage depths, each in [1, 64]") from None
-
-
-def _norm(v: Any) -> str:
-    try:
-        return norm_name(v)
-    except ConfigError as e:
-        raise _Invalid(f"a norm name ({e})") from None
-
-
-# The ResNeSt constructor arguments a file may set, with their types and ranges (the upper bounds are
-# far above the released models, and the parameter count is capped too, so a file cannot make loading it
-# allocate without limit). Left out: what names weights (pretrained) or is the caller's decision
-# (num_classes, which follows the class list; features_only, out_indices).
-ARCH_KWARGS: dict[str, Callable[[Any], Any]] = {
-    "layers": _depths,
-    "radix": _int(0, 8),
-    "cardinality": _int(1, 64),
-    "base_width": _int(1, 256),
-    "stem_width": _int(1, 256),
-    "deep_stem": _bool,
-    "avg_down": _bool,
-    "avd": _bool,
-    "avd_first": _bool,
-    "output_stride": _choice(8, 16, 32),
-    "in_chans": _int(1, 256),
-    "drop_rate": _rate,
-    "drop_block_rate": _rate,
-    "zero_init_last": _bool,
-    "norm_layer": _norm,
-    "global_pool": _choice("avg", "max", "avgmax", ""),
-}
-_CALLERS_KWARGS = {
-    "pretrained": "it names weights to load (a file or URL), which stored arguments may never do",
-    "num_classes": "the class count follows the stored class list",
-    "features_only": "it is the caller's choice",
-    "out_indices": "it is the caller's choice",
-}
-_SIZE_KWARGS = {"layers", "radix", "cardinality", "base_width", "stem_width", "deep_stem", "in_chans"}
-MAX_ARCH_PARAMS = 1_000_000_000
-
-
-def short_repr(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for messages quoting what a file holds."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def check_model_name(name: Any, source: str, error: type[SplitAttnError] = ConfigError) -> str:
-    """The canonical registry name of a model name read from ``source``; ``error`` names it otherwise."""
-    if not isinstance(name, str):
-        raise error(f"{source}: 'model_name' must be a model name (a string), got {short_repr(name)}")
-    try:
-        return resolve_name(name)
-    except InputError as e:
-        raise error(f"{source}: 'model_name': {e}") from None
-
-
-def validate_arch_kwargs(model_name: Any, kwargs: Any, source: str,
-                         error: type[SplitAttnError] = ConfigError) -> dict[str, Any]:
-    """Check constructor arguments read from a file or config against :data:`ARCH_KWARGS`.
-
-    Args:
-        model_name: the registered model they are for.
-        kwargs: the stored ``model_kwargs`` (a mapping).
-        source: what they were read from, for messages (``"checkpoint run/last.ckpt"``).
-        error: the exception to raise (``CheckpointError`` for a checkpoint, ``WeightsError``...).
-
-    Returns:
-        A new dict of the arguments, normalised (depths as a tuple, canonical norm names, floats).
-
-    Raises:
-        error: an unknown key, a key that would load weights or that the caller decides, a value of the
-            wrong type or out of range, or a model over :data:`MAX_ARCH_PARAMS` parameters; the message
-            names ``source`` and the key.
-    """
-    name = check_model_name(model_name, source, error)
-    if not isinstance(kwargs, Mapping):
-        raise error(f"{source}: 'model_kwargs' must be a mapping of ResNeSt arguments, got "
-                    f"{type(kwargs).__name__}")
-    out: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if key in _CALLERS_KWARGS:
-            raise error(f"{source}: 'model_kwargs' may not hold {key!r}: {_CALLERS_KWARGS[key]}; "
-                        "remove it from the file")
-        if key not in ARCH_KWARGS:
-            raise error(f"{source}: 'model_kwargs' holds the unknown key {short_repr(key)}; allowed: "
-                        f"{', '.join(ARCH_KWARGS)}")
-        try:
-            out[key] = ARCH_KWARGS[key](value)
-        except _Invalid as e:
-            raise error(f"{source}: 'model_kwargs' key {key!r} must be {e}, got {short_repr(value)}"
-                        ) from None
-    arch = get_model_cfg(name).arch
-    # Only a size other than the registered one can be large (and building costs time, even on meta).
-    if any(k in _SIZE_KWARGS and (k not in arch or v != (tuple(arch[k]) if k == "layers" else arch[k]))
-           for k, v in out.items()):
-        try:
-            with torch.device("meta"):  # shapes only: no memory, no init cost beyond the module tree
-                model = get_model_class(name)(**{**arch, **out})
-        except (ValueError, RuntimeError) as e:  # e.g. a group width the radix does not divide
-            raise error(f"{source}: 'model_kwargs' do not describe a buildable {name} ({str(e)[:200]})"
-                        ) from e
-        n = sum(p.numel() for p in model.parameters())
-        if n > MAX_ARCH_PARAMS:
-            raise error(f"{source}: 'model_kwargs' describe a model of {n / 1e6:,.0f}M parameters, over "
-                        f"the limit of {MAX_ARCH_PARAMS / 1e6:,.0f}M")
-    return out
