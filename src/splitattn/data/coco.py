@@ -3,7 +3,10 @@ wrapper (XYXY ``BoundingBoxes``, decoded polygon / RLE ``Mask``), with contiguou
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,23 +18,152 @@ from torch.utils.data import Dataset
 from torchvision import datasets, tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import DataError, MissingFileError
+from ..errors import DataError, MissingFileError, require
+from ..validation import short_repr
 from .imagefolder import SKIP_HINT, load_rgb, read_or_skip
+
+Where = tuple[Path, str]  # (json file, "annotation 12 (annotations[3])"): the place named in messages
+
+
+def _is_number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _bad(where: Where, field: str, value: Any, expected: str) -> DataError:
+    return DataError(f"{where[0]}: {where[1]} has {field} {short_repr(value)}; {expected}")
+
+
+def _missing(where: Where, field: str, expected: str) -> DataError:
+    return DataError(f"{where[0]}: {where[1]} has no '{field}'; {expected}")
+
+
+def _index_ids(ann_file: Path, entries: list[Any], key: str, fields: dict[str, type]) -> dict[int, int]:
+    """``{id: position}`` of the ``key`` list's entries, each a dict with an int ``id`` and ``fields``
+    of the given types; a duplicate id names both entries (pycocotools would keep only the last)."""
+    where_of: dict[int, int] = {}
+    for i, e in enumerate(entries):
+        where = (ann_file, f"{key}[{i}]")
+        if not isinstance(e, dict):
+            raise _bad(where, "the value", e, f"each entry of '{key}' must be an object")
+        if "id" not in e:
+            raise _missing(where, "id", "give every entry an integer id")
+        if type(e["id"]) is not int:
+            raise _bad(where, "id", e["id"], "ids must be integers")
+        for field, kind in fields.items():
+            if field not in e:
+                raise _missing(where, field, f"it must be a {kind.__name__}")
+            if not isinstance(e[field], kind):
+                raise _bad(where, field, e[field], f"it must be a {kind.__name__}")
+        first = where_of.setdefault(e["id"], i)
+        if first != i:
+            names = (f" ({entries[first].get('file_name')!r}, {e.get('file_name')!r})" if key == "images"
+                     else "")
+            raise DataError(f"{ann_file}: {key}[{first}] and {key}[{i}] both have id {e['id']}{names}; "
+                            "give every entry its own id")
+    return where_of
+
+
+def _check_box(where: Where, a: dict[str, Any]) -> None:
+    if "bbox" not in a:
+        raise _missing(where, "bbox", "give [x, y, width, height] in pixels")
+    box = a["bbox"]
+    if not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box)) and min(box[2:]) >= 0):
+        raise _bad(where, "bbox", box, "expected [x, y, width, height]: 4 finite numbers, width and "
+                                       "height >= 0")
+    if "area" in a and not (_is_number(a["area"]) and a["area"] >= 0):
+        raise _bad(where, "area", a["area"], "expected a finite number >= 0")
+    if a.get("iscrowd", 0) not in (0, 1) or type(a.get("iscrowd", 0)) is not int:
+        raise _bad(where, "iscrowd", a["iscrowd"], "expected 0 or 1")
+
+
+def _check_segmentation(where: Where, seg: Any, image: dict[str, Any]) -> None:
+    """Polygons (lists of >= 3 x, y points) or an RLE of the image's size."""
+    if isinstance(seg, list):
+        for poly in seg:
+            if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+                    and set(map(type, poly)) <= {int, float} and math.isfinite(sum(poly))):
+                raise _bad(where, "segmentation polygon", poly, "each polygon must be a list of at least 3 "
+                                                                 "x, y points (6 or more finite numbers)")
+        if seg:
+            return
+        raise _bad(where, "segmentation", seg, "expected polygons or an RLE; remove the annotation or "
+                                               "give it a mask")
+    if not isinstance(seg, dict) or not {"size", "counts"} <= seg.keys():
+        raise _bad(where, "segmentation", seg, "expected a list of polygons or an RLE {'size', 'counts'}")
+    size, counts = seg["size"], seg["counts"]
+    if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)):
+        raise _bad(where, "segmentation size", size, "expected [height, width]")
+    hw = [image.get("height"), image.get("width")]
+    if None not in hw and size != hw:
+        raise _bad(where, "an RLE mask of size", size, f"its image {image['id']} ({image['file_name']}) is "
+                                                       f"{hw} (height, width): re-encode the mask")
+    if isinstance(counts, list):
+        if not (all(type(v) is int and v >= 0 for v in counts) and sum(counts) == size[0] * size[1]):
+            raise _bad(where, "RLE counts", counts, f"expected run lengths (integers >= 0) summing to "
+                                                    f"{size[0]} x {size[1]} pixels")
+    elif not isinstance(counts, str):
+        raise _bad(where, "RLE counts", counts, "expected a list of run lengths or a compressed string")
+
+
+def check_coco_json(ann_file: Path, data: Any, masks: bool) -> None:
+    """Check a COCO instances json in one pass, before pycocotools indexes it.
+
+    Raises:
+        DataError: naming ``ann_file``, the entry (annotation id) and the field: missing lists, ids or
+            fields, duplicate ids (both entries), a bbox other than 4 finite numbers, an unknown image or
+            category, and (with ``masks``) a missing, empty or malformed polygon / RLE, or an RLE whose
+            size is not its image's.
+    """
+    if not isinstance(data, dict):
+        raise DataError(f"{ann_file} holds a {type(data).__name__}, not a COCO instances object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DataError(f"{ann_file} has no '{key}' list: it is not a COCO instances file")
+    images = data["images"]
+    image_at = _index_ids(ann_file, images, "images", {"file_name": str})
+    for i in image_at.values():
+        for field in ("height", "width"):
+            v = images[i].get(field)
+            if v is not None and not (type(v) is int and v > 0):
+                raise _bad((ann_file, f"images[{i}] (id {images[i]['id']})"), field, v, "expected pixels > 0")
+    cats = _index_ids(ann_file, data["categories"], "categories", {"name": str})
+    anns = data["annotations"]
+    _index_ids(ann_file, anns, "annotations", {})
+    for i, a in enumerate(anns):
+        where = (ann_file, f"annotation {a['id']} (annotations[{i}])")
+        for field, known, key in (("image_id", image_at, "images"), ("category_id", cats, "categories")):
+            if field not in a:
+                raise _missing(where, field, f"give the id of an entry of the json's '{key}'")
+            if type(a[field]) is not int or a[field] not in known:
+                raise _bad(where, field, a[field], f"that is not in the json's '{key}'")
+        _check_box(where, a)
+        if masks:
+            if "segmentation" not in a:
+                raise _missing(where, "segmentation", "masks need polygons or an RLE")
+            _check_segmentation(where, a["segmentation"], images[image_at[a["image_id"]]])
 
 
 class _CocoImages(datasets.CocoDetection):
-    """torchvision's ``CocoDetection`` reading images with :func:`load_rgb` (errors name the file) and
-    returning only the annotations to keep, each checked and with ``area``/``iscrowd`` filled in."""
+    """torchvision's ``CocoDetection`` on a checked json (:func:`check_coco_json`), reading images with
+    :func:`load_rgb` (errors name the file) and returning only the annotations to keep, with
+    ``area``/``iscrowd`` filled in."""
 
-    def __init__(self, image_dir: Path, ann_file: Path, keep_crowd: bool) -> None:
+    def __init__(self, image_dir: Path, ann_file: Path, keep_crowd: bool, masks: bool) -> None:
+        # CocoDetection.__init__ would index the json with pycocotools before it can be checked.
+        datasets.VisionDataset.__init__(self, str(image_dir))
         try:
-            super().__init__(str(image_dir), str(ann_file))
-        except (json.JSONDecodeError, UnicodeDecodeError, AssertionError) as e:
+            with open(ann_file, encoding="utf-8") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise DataError(f"{ann_file} is not a COCO instances json ({e})") from e
-        for key in ("images", "annotations", "categories"):
-            if key not in self.coco.dataset:
-                raise DataError(f"{ann_file} has no '{key}' list: it is not a COCO instances file")
-        self.keep_crowd = keep_crowd
+        check_coco_json(ann_file, data, masks)
+        coco: Any = require("pycocotools.coco", "tasks", "COCO datasets")
+        self.coco = coco.COCO()
+        self.coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            self.coco.createIndex()
+        self.ids = sorted(self.coco.imgs)
+        self.ann_file, self.keep_crowd = ann_file, keep_crowd
         self.cat_ids = set(self.coco.getCatIds())
 
     def _load_image(self, id: int) -> Image.Image:
@@ -42,14 +174,22 @@ class _CocoImages(datasets.CocoDetection):
         for a in super()._load_target(id):
             if a.get("iscrowd", 0) and not self.keep_crowd:
                 continue
-            if a["category_id"] not in self.cat_ids:
-                raise DataError(
-                    f"annotation {a.get('id')} of image {id} has category_id {a['category_id']} "
-                    "that is not in the json's 'categories'"
-                )
             x, y, w, h = a["bbox"]
             anns.append({**a, "area": float(a.get("area", w * h)), "iscrowd": int(a.get("iscrowd", 0))})
         return anns
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, list[dict[str, Any]]]:
+        image, anns = super().__getitem__(index)
+        size = [image.height, image.width]
+        for a in anns:
+            seg = a.get("segmentation")
+            if isinstance(seg, dict) and seg.get("size") != size:
+                name = self.coco.imgs[a["image_id"]]["file_name"]
+                raise DataError(
+                    f"{self.ann_file}: annotation {a['id']} has an RLE mask of size {seg.get('size')} but "
+                    f"its image {name} is {size} (height, width): fix the image's height and width in the "
+                    "json and re-encode the mask")
+        return image, anns
 
 
 class CocoDetection(Dataset):
@@ -76,7 +216,9 @@ class CocoDetection(Dataset):
 
     Raises:
         MissingFileError: the annotation file or image folder does not exist.
-        DataError: the json is not a COCO instances file, or names an unknown category.
+        DataError: the json is not a COCO instances file, or an entry is malformed (the message names
+            the json, the annotation id and the field; see :func:`check_coco_json`), or an RLE mask is
+            not the size of its image (when the item is read).
         BadImageError: an image is missing, unreadable or too large (when the item is read), naming it.
     """
 
@@ -98,7 +240,7 @@ class CocoDetection(Dataset):
             )
         if not image_dir.is_dir():
             raise MissingFileError(f"COCO image folder {image_dir} not found (expected e.g. train2017/)")
-        base = _CocoImages(image_dir, ann_file, keep_crowd)
+        base = _CocoImages(image_dir, ann_file, keep_crowd, masks)
         self.image_dir, self.coco = image_dir, base.coco
         if remove_empty:
             base.ids = [i for i in base.ids if any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns[i])]
@@ -157,4 +299,4 @@ class CocoDetection(Dataset):
         return image, target
 
 
-__all__ = ["CocoDetection"]
+__all__ = ["CocoDetection", "check_coco_json"]

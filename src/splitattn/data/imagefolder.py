@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,6 +23,13 @@ from ..errors import BadImageError, ConfigError, DataError, MissingFileError
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 SKIP_HINT = "delete or replace it, or set skip_bad_images (--skip-bad-images) to skip such files"
+
+# Resizing an image's short side to S gives S * S * (long side / short side) pixels, so a tiny PNG of
+# 1 x 2,000,000 pixels asks an eval resize for gigabytes. An image whose resized size would exceed this
+# many pixels (a float tensor of 768 MiB) is a bad image.
+MAX_RESIZED_PIXELS = 2**26
+# The short side assumed when the caller does not say (at least every classifier's eval resize).
+DEFAULT_SHORT_SIDE = 512
 
 T = TypeVar("T")
 
@@ -43,6 +51,8 @@ def decode_image_file(path: str | os.PathLike, decode: Callable[[Image.Image], T
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 return decode(im)
+    except BadImageError:
+        raise
     except FileNotFoundError as e:
         raise BadImageError(f"{what} {path} does not exist; check the dataset folder, or {hint}") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -64,17 +74,52 @@ def _to_rgb8(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike, hint: str = "delete or replace it") -> Image.Image:
+def check_resizable(path: str | os.PathLike, size: tuple[int, int], short_side: int,
+                    hint: str = "delete or replace it") -> None:
+    """Raise :class:`BadImageError` when an image of ``size`` (width, height), resized so that its short
+    side is ``short_side``, would have more than :data:`MAX_RESIZED_PIXELS` pixels (an extreme aspect
+    ratio, or an empty image)."""
+    w, h = size
+    short, long = min(w, h), max(w, h)
+    limit = MAX_RESIZED_PIXELS
+    if short >= 1 and short_side * math.ceil(long * short_side / short) <= limit:
+        return
+    ratio = f"aspect ratio {long / short:.0f}:1" if short else "no pixels"
+    raise BadImageError(
+        f"image {path} is {w} x {h} pixels ({ratio}): resized to a short side of {short_side} it would have "
+        f"more than {limit} pixels (splitattn.data.imagefolder.MAX_RESIZED_PIXELS); crop it, or {hint}"
+    )
+
+
+def load_rgb(path: str | os.PathLike, hint: str = "delete or replace it",
+             short_side: int | None = DEFAULT_SHORT_SIDE) -> Image.Image:
     """Decode ``path`` fully as an 8-bit RGB PIL image.
 
+    Args:
+        path: the image file.
+        hint: what to do about a bad file, ending the error message.
+        short_side: the short side the caller's transform resizes the image to (the largest, for a
+            random resize); an image that would then exceed :data:`MAX_RESIZED_PIXELS` is a bad image,
+            rejected before it is decoded. ``None`` skips this check.
+
     Raises:
-        BadImageError: naming the file, when it is missing, corrupt, truncated or too large.
+        BadImageError: naming the file, when it is missing, corrupt, truncated or too large, or its
+            resized size would be.
     """
-    return decode_image_file(path, _to_rgb8, "image", hint)
+    def decode(im: Image.Image) -> Image.Image:
+        if short_side is not None:
+            check_resizable(path, im.size, short_side, hint)
+        return _to_rgb8(im)
+
+    return decode_image_file(path, decode, "image", hint)
 
 
-# A module-level partial (not a lambda or bound method) so the dataset pickles to DataLoader workers.
-_load_skippable = functools.partial(load_rgb, hint=SKIP_HINT)
+def transform_short_side(transform: Any) -> int | None:
+    """The largest short side ``transform`` resizes images to: its ``max_short_side`` attribute (set by
+    :func:`~splitattn.data.transforms.create_eval_transform` and the segmentation transforms), else
+    ``None`` (unknown)."""
+    side = getattr(transform, "max_short_side", None)
+    return side if isinstance(side, int) and not isinstance(side, bool) and side > 0 else None
 
 
 def find_image_classes(root: str | os.PathLike, what: str = "dataset") -> tuple[list[str], dict[str, int]]:
@@ -240,7 +285,10 @@ class ImageFolderDataset(DatasetFolder):
                  classes: Sequence[str] | None = None, skip_bad_images: bool = False,
                  what: str = "dataset") -> None:
         self.what = what  # read by find_classes, which DatasetFolder.__init__ calls
-        super().__init__(str(root), loader=_load_skippable, extensions=IMG_EXTENSIONS, transform=transform)
+        # A partial of a module-level function (not a lambda) so the dataset pickles to DataLoader workers.
+        loader = functools.partial(load_rgb, hint=SKIP_HINT,
+                                   short_side=transform_short_side(transform) or DEFAULT_SHORT_SIDE)
+        super().__init__(str(root), loader=loader, extensions=IMG_EXTENSIONS, transform=transform)
         if classes is not None:
             check_same_classes(classes, self.classes, "train", root)
         self.skip_bad_images = skip_bad_images
@@ -286,6 +334,7 @@ def collate_skip_bad(batch: list[tuple[torch.Tensor, int] | None]) -> tuple[torc
     return x, y, n_bad
 
 
-__all__ = ["IMG_EXTENSIONS", "SKIP_HINT", "ImageFolderDataset", "check_same_classes", "collate_skip_bad",
-           "decode_image_file", "drop_skipped", "find_image_classes", "load_rgb", "make_image_samples",
-           "read_or_skip", "resolve_split_dirs", "scan_image_folder"]
+__all__ = ["DEFAULT_SHORT_SIDE", "IMG_EXTENSIONS", "MAX_RESIZED_PIXELS", "SKIP_HINT", "ImageFolderDataset",
+           "check_resizable", "check_same_classes", "collate_skip_bad", "decode_image_file", "drop_skipped",
+           "find_image_classes", "load_rgb", "make_image_samples", "read_or_skip", "resolve_split_dirs",
+           "scan_image_folder", "transform_short_side"]

@@ -16,14 +16,23 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import DataError, MissingFileError
-from .imagefolder import SKIP_HINT, decode_image_file, load_rgb, read_or_skip
+from ..errors import ConfigError, DataError, MissingFileError
+from .imagefolder import (
+    DEFAULT_SHORT_SIDE,
+    SKIP_HINT,
+    decode_image_file,
+    load_rgb,
+    read_or_skip,
+    transform_short_side,
+)
 
 # Cityscapes labelIds -> the 19 train ids (road ... bicycle); every other id is ignored.
 CITYSCAPES_LABEL_TO_TRAIN = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
     27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }
+# 8-bit label maps with 255 as the ignore index hold classes 0..254.
+MAX_ADE20K_CLASSES = 255
 CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
     "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
@@ -85,7 +94,8 @@ class _SegFolder(Dataset):
 
     def _read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         img_path, lab_path = self.pairs[index]
-        image = TF.to_image(load_rgb(img_path, SKIP_HINT))
+        short_side = transform_short_side(self.transforms) or DEFAULT_SHORT_SIDE
+        image = TF.to_image(load_rgb(img_path, SKIP_HINT, short_side))
         raw = load_label_map(lab_path, SKIP_HINT)
         if raw.shape != tuple(image.shape[-2:]):
             raise DataError(
@@ -111,9 +121,12 @@ class ADE20KSegmentation(_SegFolder):
         root: the ``ADEChallengeData2016`` folder.
         split: ``"training"`` or ``"validation"``.
         transforms: ``(image, label) -> (image, label)``, e.g. :class:`~.transforms.SegmentationTransform`.
-        num_classes: 150 for ADE20K.
+        num_classes: 150 for ADE20K; at most :data:`MAX_ADE20K_CLASSES` (255).
         skip_bad_images: return ``None`` for an unreadable image or label map instead of raising
             (:func:`~.transforms.segmentation_collate` drops and counts them).
+
+    Raises:
+        ConfigError: ``num_classes`` is not in 1..255.
     """
 
     def __init__(
@@ -124,6 +137,14 @@ class ADE20KSegmentation(_SegFolder):
         num_classes: int = 150,
         skip_bad_images: bool = False,
     ) -> None:
+        if type(num_classes) is not int or not 1 <= num_classes <= MAX_ADE20K_CLASSES:
+            # The loss, metric and padding of the whole pipeline use 255 for ignored pixels, so a 256th
+            # class would be ignored; and 8-bit label maps cannot name it.
+            raise ConfigError(
+                f"num_classes must be an integer from 1 to {MAX_ADE20K_CLASSES} for the ADE20K layout, got "
+                f"{num_classes!r}: its label maps are 8-bit PNGs (ids 1..255 are the classes, 0 is 'other') "
+                "and 255 marks ignored pixels; merge classes to fit"
+            )
         root = Path(root)
         img_dir, ann_dir = root / "images" / split, root / "annotations" / split
         pairs = _find_pairs(
@@ -165,5 +186,6 @@ __all__ = [
     "CITYSCAPES_CLASSES",
     "CITYSCAPES_LABEL_TO_TRAIN",
     "CityscapesSegmentation",
+    "MAX_ADE20K_CLASSES",
     "load_label_map",
 ]

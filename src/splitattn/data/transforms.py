@@ -8,6 +8,7 @@ tuple); configs use the model's, so evaluation boxes stay in the original image'
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +28,8 @@ def create_eval_transform(source: Any = None, img_size: int | None = None,
     """PIL image or uint8 tensor -> normalised float tensor ``(3, crop, crop)``.
 
     Resize the short side to ``round(crop / crop_pct)`` with the config's interpolation, centre-crop
-    ``crop``, scale to [0, 1], normalise with mean/std (the paper's eval protocol).
+    ``crop``, scale to [0, 1], normalise with mean/std (the paper's eval protocol). The transform's
+    ``max_short_side`` attribute is that resized short side.
 
     Args:
         source: anything :func:`~splitattn.data.preprocessing.resolve_data_config` takes (a model name, a
@@ -36,13 +38,16 @@ def create_eval_transform(source: Any = None, img_size: int | None = None,
         crop_pct: crop ratio override.
     """
     cfg = resolve_data_config(source, img_size=img_size, crop_pct=crop_pct)
-    return v2.Compose([
+    transform = v2.Compose([
         v2.ToImage(),
         v2.Resize(cfg.resize_size, interpolation=INTERPOLATIONS[cfg.interpolation], antialias=True),
         v2.CenterCrop(cfg.crop_size),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(cfg.mean, cfg.std),
     ])
+    # Read by the datasets, which reject images whose resize would be huge (imagefolder.check_resizable).
+    transform.max_short_side = cfg.resize_size
+    return transform
 
 
 class DetectionTransform:
@@ -121,6 +126,14 @@ class SegmentationTransform:
         self.hflip = hflip
         self.ignore_index = ignore_index
         self.eval_size = eval_size
+
+    @property
+    def max_short_side(self) -> int | None:
+        """The largest short side images are resized to (``None``: not resized), which the datasets use
+        to reject images whose resize would be huge."""
+        if self.train:
+            return math.ceil(self.base_size * max(self.scale_range))
+        return self.eval_size
 
     def _random_crop(
         self, image: tv_tensors.Image, label: tv_tensors.Mask
