@@ -1,10 +1,12 @@
-"""Downloads against a hostile local HTTP server: cache keyed by URL, timeouts, size caps, redirects,
-hash and HTTP errors; no partial file is ever left in the cache."""
+"""Downloads against a hostile local HTTP server: cache keyed by URL, timeouts, a total deadline, size caps,
+redirects, web pages, cut bodies, hash and HTTP errors, a bad cache folder; no partial file is ever left in
+the cache, and a cached file that does not load is moved aside."""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from splitattn import download as dl
-from splitattn.errors import ConfigError, WeightsError
+from splitattn.errors import ConfigError, InputError, WeightsError
 
 A = b"content of a" * 100
 B = b"content of b, which differs" * 50
@@ -23,13 +25,18 @@ HITS: dict[str, int] = {}
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Endpoints: /a/w.bin, /b/w.bin (same name, other content), /hang, /stall, /endless, /huge, /short,
-    /r/N (N redirects, then /a/w.bin), /loop/x, /to-file, /w-deadbeef.bin (wrong hash), else 404."""
+    /r/N (N redirects, then /a/w.bin), /loop/x, /to-file, /w-deadbeef.bin (wrong hash), /trickle and
+    /trickle-headers (a byte every 20 ms, in the body or the headers), /page and /page-sniff (HTML, by
+    Content-Type or by content), /chunk-cut (a chunked body cut short), else 404."""
 
     def log_message(self, *args: object) -> None:
         pass
 
-    def _send(self, body: bytes, length: int | None = None, code: int = 200) -> None:
+    def _send(self, body: bytes, length: int | None = None, code: int = 200,
+              ctype: str | None = None) -> None:
         self.send_response(code)
+        if ctype:
+            self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body) if length is None else length))
         self.end_headers()
         self.wfile.write(body)
@@ -39,6 +46,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Location", location)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+    def _trickle(self) -> None:
+        """A byte every 20 ms (never a read timeout) for at most 10 s, or until the client hangs up."""
+        deadline = time.monotonic() + 10
+        try:
+            while not STOP.is_set() and time.monotonic() < deadline:
+                self.wfile.write(b"x")
+                STOP.wait(0.02)
+        except OSError:
+            pass
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         p = self.path
@@ -75,6 +92,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._redirect("/loop/a")
         elif p == "/to-file":
             self._redirect("file:///etc/passwd")
+        elif p == "/trickle":
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self._trickle()
+        elif p == "/trickle-headers":
+            self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Slow: ")
+            self._trickle()
+        elif p == "/page":
+            self._send(b"<p>Sign in to continue</p>" * 20, ctype="text/html; charset=utf-8")
+        elif p == "/page-sniff":
+            self._send(b"\n  <!DOCTYPE html>\n<html><body>Not found</body></html>" * 20,
+                       ctype="application/octet-stream")
+        elif p == "/chunk-cut":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"a\r\n0123456789\r\n")  # then the connection closes, with no last chunk
         else:
             self.send_error(404, "Not Found")
 
@@ -229,3 +264,104 @@ def test_bad_environment_values_are_named(monkeypatch: pytest.MonkeyPatch, cache
         dl.max_download_bytes()
     monkeypatch.setenv("SPLITATTN_MAX_DOWNLOAD_BYTES", "1000")
     assert dl.max_download_bytes() == 1000
+
+
+def test_a_server_trickling_bytes_is_stopped_at_the_total_deadline(base: str, cache: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # A byte every 20 ms never trips the 5 s read timeout; only the deadline ends these (the server
+    # gives up after 10 s, which would fail the download with another message).
+    with pytest.raises(WeightsError, match=rf"download of {base}/trickle stopped at its 1 s deadline, "
+                                           r"(after [\d,]+ of 100,000 bytes|before the response headers "
+                                           r"arrived); check the network, or raise "
+                                           r"\$SPLITATTN_DOWNLOAD_DEADLINE \(or deadline=\)"):
+        dl.download(f"{base}/trickle", deadline=1)
+    assert _files(cache) == []
+    monkeypatch.setenv("SPLITATTN_DOWNLOAD_DEADLINE", "0.5")  # the variable, when no argument is given
+    with pytest.raises(WeightsError, match=rf"{base}/trickle-headers stopped at its 0.5 s deadline, before "
+                                           "the response headers arrived"):
+        dl.download(f"{base}/trickle-headers")
+    assert _files(cache) == []
+    assert dl.download_deadline() == 0.5
+    monkeypatch.setenv("SPLITATTN_DOWNLOAD_DEADLINE", "nan")
+    with pytest.raises(ConfigError, match=r"\$SPLITATTN_DOWNLOAD_DEADLINE must be a positive number, "
+                                          r"got 'nan'"):
+        dl.download_deadline()
+
+
+def test_the_deadline_message_says_how_far_the_download_got() -> None:
+    guard = dl.Deadline(30)
+    assert "before the response headers arrived" in str(guard.error("http://h/w.pth"))
+    guard.received, guard.length = 1234, 10**6
+    assert str(guard.error("http://h/w.pth")) == (
+        "download of http://h/w.pth stopped at its 30 s deadline, after 1,234 of 1,000,000 bytes; check the "
+        "network, or raise $SPLITATTN_DOWNLOAD_DEADLINE (or deadline=)")
+    guard.length = None
+    assert "after 1,234 bytes;" in str(guard.error("http://h/w.pth"))
+
+
+@pytest.mark.parametrize("path, got", [
+    ("/page", r"Content-Type text/html; charset=utf-8"),
+    ("/page-sniff", r"a body starting b'<!DOCTYPE html>\\n<html><b'"),
+])
+def test_a_web_page_is_refused_and_not_cached(base: str, cache: Path, path: str, got: str) -> None:
+    with pytest.raises(WeightsError, match=rf"{base}{path} answered with a web page \({got}\), not a weights "
+                                           r"file .*check the URL.*nothing was cached"):
+        dl.download(f"{base}{path}")
+    assert _files(cache) == []
+
+
+def test_a_body_cut_short_is_refused_and_not_cached(base: str, cache: Path) -> None:
+    with pytest.raises(WeightsError, match=rf"download of {base}/short is incomplete: got 10 of {len(A):,} "
+                                           r"bytes \(the connection closed early\); try again"):
+        dl.download(f"{base}/short")
+    with pytest.raises(WeightsError, match=rf"download of {base}/chunk-cut is incomplete: the connection "
+                                           "closed after 10 bytes; try again; nothing was cached"):
+        dl.download(f"{base}/chunk-cut")
+    assert _files(cache) == []
+    # file:// of something endless that stat() calls empty (/dev/zero) stops at once
+    with pytest.raises(WeightsError, match=r"file:///dev/zero stopped: the body is longer than its "
+                                           "Content-Length of 0 bytes"):
+        dl.download("file:///dev/zero")
+    assert _files(cache) == []
+
+
+def test_a_cache_that_cannot_hold_files_is_named_not_blamed_on_the_network(
+        base: str, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("x")
+    monkeypatch.setenv("SPLITATTN_CACHE", str(not_a_folder))
+    hits = HITS.get("/a/w.bin", 0)
+    where = re.escape(str(not_a_folder))
+    with pytest.raises(ConfigError, match=rf"^\$SPLITATTN_CACHE={where} cannot hold downloads: {where} is "
+                                          r"not a folder; point \$SPLITATTN_CACHE at a writable folder$"):
+        dl.download(f"{base}/a/w.bin")
+    assert HITS.get("/a/w.bin", 0) == hits  # refused before any request
+    # A file where the URL's subfolder of the cache should be
+    monkeypatch.setenv("SPLITATTN_CACHE", str(cache))
+    blocker = dl.cache_path(f"{base}/a/w.bin").parent
+    cache.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match=rf"cannot hold downloads: {re.escape(str(blocker))} is not a "
+                                          "folder"):
+        dl.download(f"{base}/a/w.bin")
+    assert _files(cache) == [blocker.name]
+
+
+def test_a_cached_download_that_does_not_load_is_moved_aside(base: str, cache: Path, tmp_path: Path) -> None:
+    path = dl.download(f"{base}/b/w.bin")
+    path.write_bytes(b"truncated")  # as if the server had sent a cut file
+    hits = HITS["/b/w.bin"]
+    bad = dl.discard_download(path, "not a zip file")
+    assert bad == path.with_name("w.bin.bad") and bad.read_bytes() == b"truncated" and not path.exists()
+    assert dl.download(f"{base}/b/w.bin").read_bytes() == B  # fetched again
+    assert HITS["/b/w.bin"] == hits + 1
+    path.write_bytes(b"cut again")
+    assert dl.discard_download(path, "cut") == bad and bad.read_bytes() == b"cut again"  # replaces the old
+    assert sorted(_files(cache)) == [str(bad.relative_to(cache))]
+    # A user's own file is never moved
+    own = tmp_path / "mine.pth"
+    own.write_bytes(b"x")
+    with pytest.raises(InputError, match=rf"{re.escape(str(own))} is not a file in the download cache "
+                                         r".*only cached downloads are moved aside"):
+        dl.discard_download(own, "not a zip file")
+    assert own.read_bytes() == b"x"

@@ -4,12 +4,17 @@
   URLs ending in the same file name never share an entry; a file named ``<name>-<hex>.<ext>`` whose hex
   is the expected SHA-256 prefix goes to ``<cache>/<file name>`` (torch.hub's layout), since its content
   is pinned by the hash.
-* Connect and read timeouts (:data:`DOWNLOAD_TIMEOUT`, ``$SPLITATTN_DOWNLOAD_TIMEOUT``) and a size cap
-  (the expected size when known, else :data:`MAX_DOWNLOAD_BYTES`, ``$SPLITATTN_MAX_DOWNLOAD_BYTES``): a
-  ``Content-Length`` over the cap is refused before reading, a body growing past it is cut off.
+* Connect and read timeouts (:data:`DOWNLOAD_TIMEOUT`, ``$SPLITATTN_DOWNLOAD_TIMEOUT``), a deadline for the
+  whole download (:data:`DOWNLOAD_DEADLINE`, ``$SPLITATTN_DOWNLOAD_DEADLINE``: a server sending a byte now
+  and then never trips a read timeout) and a size cap (the expected size when known, else
+  :data:`MAX_DOWNLOAD_BYTES`, ``$SPLITATTN_MAX_DOWNLOAD_BYTES``): a ``Content-Length`` over the cap is
+  refused before reading, a body growing past it is cut off.
+* A web page (``Content-Type: text/html``, or a body starting like an HTML document: a login or error page
+  answered with status 200) and a body shorter than its ``Content-Length`` are refused, never cached.
 * The body goes to a temp file in the cache folder (:func:`splitattn.fileio.atomic_write`), moved into
   place only once complete and, when a hash is expected, matching it; every failure (timeout, size, hash,
-  HTTP error, Ctrl-C) removes it.
+  HTTP error, Ctrl-C) removes it. A cached file that then does not load is moved aside
+  (:func:`discard_download`), so the next call downloads it again.
 * At most :data:`MAX_REDIRECTS` redirects, only to http(s) URLs, never in a loop.
 
 Files of the Hugging Face Hub (:func:`hf_file`) go through ``huggingface_hub`` (an optional dependency): its
@@ -26,25 +31,28 @@ import logging
 import os
 import re
 import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import urldefrag, urljoin, urlparse
+from typing import Any
+from urllib.parse import urldefrag, urlparse
 
 import torch
 
-from .errors import ConfigError, InputError, WeightsError, require
+from .errors import ConfigError, InputError, SplitAttnError, WeightsError, require
 from .fileio import atomic_write
+from .urlopen import MAX_REDIRECTS, Deadline, open_url
 
 log = logging.getLogger("splitattn")
 
 DOWNLOAD_TIMEOUT = 60.0
 """Seconds to wait for the connection and for each read (``$SPLITATTN_DOWNLOAD_TIMEOUT`` overrides)."""
+DOWNLOAD_DEADLINE = 3600.0
+"""Seconds one whole download may take (``$SPLITATTN_DOWNLOAD_DEADLINE`` overrides)."""
 MAX_DOWNLOAD_BYTES = 4 * 1024**3
 """Largest download when its size is not known in advance (``$SPLITATTN_MAX_DOWNLOAD_BYTES`` overrides)."""
-MAX_REDIRECTS = 5
 _CHUNK = 1 << 16
 _HASHED_NAME = re.compile(r"-([a-f0-9]{8,64})\.[A-Za-z0-9]+$")
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
+_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<!--")
 
 
 class HashMismatchError(WeightsError):
@@ -107,50 +115,14 @@ def download_timeout() -> float:
     return _env_number("SPLITATTN_DOWNLOAD_TIMEOUT", DOWNLOAD_TIMEOUT, float)
 
 
+def download_deadline() -> float:
+    """Seconds a whole download may take: ``$SPLITATTN_DOWNLOAD_DEADLINE`` or :data:`DOWNLOAD_DEADLINE`."""
+    return _env_number("SPLITATTN_DOWNLOAD_DEADLINE", DOWNLOAD_DEADLINE, float)
+
+
 def max_download_bytes() -> int:
     """Size cap of a download of unknown size: ``$SPLITATTN_MAX_DOWNLOAD_BYTES`` or the default."""
     return _env_number("SPLITATTN_MAX_DOWNLOAD_BYTES", MAX_DOWNLOAD_BYTES, int)
-
-
-def _redirect_chain(req: urllib.request.Request, newurl: str) -> list[str]:
-    return [*getattr(req, "splitattn_chain", [req.full_url]), newurl]
-
-
-class _RedirectHandler(urllib.request.HTTPRedirectHandler):
-    """Follows at most :data:`MAX_REDIRECTS` redirects, to http(s) only, and refuses loops."""
-
-    def http_error_302(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
-                       headers: Any) -> Any:
-        target = headers.get("location") or headers.get("uri") or ""
-        chain = _redirect_chain(req, urljoin(req.full_url, target))
-        problem = None
-        if urlparse(chain[-1]).scheme not in ("http", "https"):
-            problem = f"a redirect to a non-HTTP(S) URL ({chain[-1]}) is refused"
-        elif chain[-1] in chain[:-1]:
-            problem = f"the redirects loop ({' -> '.join(chain)})"
-        elif len(chain) - 1 > MAX_REDIRECTS:
-            problem = f"more than {MAX_REDIRECTS} redirects ({' -> '.join(chain[:3])} -> ...)"
-        if problem:
-            fp.close()
-            raise WeightsError(f"could not download {chain[0]}: {problem}")
-        return super().http_error_302(req, fp, code, msg, headers)
-
-    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
-
-    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
-                         headers: Any, newurl: str) -> urllib.request.Request | None:
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None:
-            new.splitattn_chain = _redirect_chain(req, newurl)  # type: ignore[attr-defined]
-        return new
-
-
-def _open(url: str, timeout: float) -> http.client.HTTPResponse:
-    if urlparse(url).scheme not in ("http", "https", "file"):
-        raise WeightsError(f"cannot download {url}: only http(s):// and file:// URLs are supported")
-    opener = urllib.request.build_opener(_RedirectHandler)
-    req = urllib.request.Request(url, headers={"User-Agent": "splitattn"})
-    return opener.open(req, timeout=timeout)
 
 
 def _content_length(resp: Any) -> int | None:
@@ -161,21 +133,45 @@ def _content_length(resp: Any) -> int | None:
     return value if value >= 0 else None
 
 
-def _copy_body(resp: Any, tmp: str, url: str, cap: int, length: int | None, progress: bool) -> str:
+def _refuse_web_page(url: str, content_type: str, head: bytes) -> None:
+    """WeightsError when a response is an HTML page (by its Content-Type, or its first bytes)."""
+    if content_type.split(";")[0].strip().lower() in _HTML_TYPES:
+        got = f"Content-Type {content_type.strip()[:60]}"
+    elif head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith(_HTML_STARTS):
+        got = f"a body starting {head.strip()[:24]!r}"
+    else:
+        return
+    raise WeightsError(f"{url} answered with a web page ({got}), not a weights file (a login, error or "
+                       "download page?): check the URL (a release asset's, not its page); nothing was cached")
+
+
+def _copy_body(resp: Any, tmp: str, url: str, cap: int, length: int | None, progress: bool,
+               guard: Deadline) -> str:
     """Stream ``resp`` into ``tmp``, at most ``cap`` bytes and exactly ``length`` when given.
 
     Returns:
         The hex SHA-256 of what was written.
     """
-    h, total = hashlib.sha256(), 0
+    h, total, head = hashlib.sha256(), 0, b""
+    # read1: one socket read per call, so a slow server cannot hold one call (read() fills its 64 KiB).
+    read = getattr(resp, "read1", None) or resp.read
     bar = _progress_bar(length, url) if progress else None
+    if not guard.expired:  # else the headers were cut short by the deadline, not complete
+        guard.received, guard.length = 0, length
     try:
         with open(tmp, "wb") as f:
-            while block := resp.read(_CHUNK):
+            while block := _read_block(read, url, total, length):
                 total += len(block)
+                guard.received = total
                 if total > cap:
                     raise WeightsError(f"download of {url} stopped: the body grew past {cap:,} bytes, the "
                                        "limit; set $SPLITATTN_MAX_DOWNLOAD_BYTES to allow more")
+                if length is not None and total > length:  # a file:// "file" such as /dev/zero
+                    raise WeightsError(f"download of {url} stopped: the body is longer than its "
+                                       f"Content-Length of {length:,} bytes")
+                if len(head) < 64:
+                    head += block[:64 - len(head)]
+                    _refuse_web_page(url, "", head)
                 h.update(block)
                 f.write(block)
                 if bar is not None:
@@ -183,9 +179,21 @@ def _copy_body(resp: Any, tmp: str, url: str, cap: int, length: int | None, prog
     finally:
         if bar is not None:
             bar.close()
+    if guard.expired:  # the socket was shut: the end of the body is not the server's
+        raise guard.error(url)
     if length is not None and total != length:
-        raise WeightsError(f"download of {url} is incomplete: got {total:,} of {length:,} bytes; try again")
+        raise WeightsError(f"download of {url} is incomplete: got {total:,} of {length:,} bytes (the "
+                           "connection closed early); try again; nothing was cached")
     return h.hexdigest()
+
+
+def _read_block(read: Any, url: str, total: int, length: int | None) -> bytes:
+    try:
+        return read(_CHUNK)
+    except http.client.IncompleteRead as e:  # a chunked body cut short
+        of = f" of {length:,}" if length is not None else ""
+        raise WeightsError(f"download of {url} is incomplete: the connection closed after "
+                           f"{total + len(e.partial):,}{of} bytes; try again; nothing was cached") from e
 
 
 def _progress_bar(total: int | None, url: str) -> Any:
@@ -197,10 +205,10 @@ def _progress_bar(total: int | None, url: str) -> Any:
 
 
 def _fetch(url: str, dst: Path, hash_prefix: str | None, timeout: float, cap: int,
-           expected_size: int | None, progress: bool) -> None:
+           expected_size: int | None, progress: bool, guard: Deadline) -> None:
     """Download ``url`` to ``dst`` through a temp file, checking size and hash; see :func:`download`."""
     log.info("downloading %s to %s", url, dst)
-    with _open(url, timeout) as resp:
+    with open_url(url, timeout, guard) as resp:
         length = _content_length(resp)
         if expected_size is not None and length is not None and length != expected_size:
             raise WeightsError(f"{url} is {length:,} bytes (Content-Length), expected {expected_size:,}: "
@@ -208,10 +216,11 @@ def _fetch(url: str, dst: Path, hash_prefix: str | None, timeout: float, cap: in
         if length is not None and length > cap:
             raise WeightsError(f"{url} is {length:,} bytes (Content-Length), over the {cap:,}-byte limit; "
                                "set $SPLITATTN_MAX_DOWNLOAD_BYTES to allow more")
+        _refuse_web_page(url, resp.headers.get("Content-Type", ""), b"")
 
         def write(tmp: str) -> None:
             want = length if length is not None else expected_size
-            digest = _copy_body(resp, tmp, url, cap, want, progress)
+            digest = _copy_body(resp, tmp, url, cap, want, progress, guard)
             if hash_prefix and not digest.startswith(hash_prefix):
                 got = digest[:max(len(hash_prefix), 12)]
                 raise HashMismatchError(f"SHA-256 hash mismatch for {url}: expected a prefix {hash_prefix}, "
@@ -220,9 +229,35 @@ def _fetch(url: str, dst: Path, hash_prefix: str | None, timeout: float, cap: in
         atomic_write(dst, write)  # removes its temp file on every failure, Ctrl-C included
 
 
+def _check_cache_folder(dst: Path) -> None:
+    """ConfigError naming the cache (and ``$SPLITATTN_CACHE``) when ``dst``'s folder cannot hold a download:
+    not a network failure, so not worth a retry nor a mirror."""
+    root, folder, problem = cache_dir(), dst.parent, None
+    for p in (folder, *folder.parents):
+        if p.exists():
+            if not p.is_dir():
+                problem = f"{p} is not a folder"
+            break
+    if problem is None and (dst.exists() or dst.is_symlink()) and not dst.is_file():
+        problem = f"{dst} is in the way (not a regular file)"
+    if problem is None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            problem = f"cannot create {folder} ({e.strerror or type(e).__name__})"
+        else:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                problem = f"{folder} is not writable"
+    if problem:
+        what = (f"$SPLITATTN_CACHE={root}" if os.environ.get("SPLITATTN_CACHE")
+                else f"the download cache {root} (torch.hub's)")
+        raise ConfigError(f"{what} cannot hold downloads: {problem}; point $SPLITATTN_CACHE at a writable "
+                          "folder")
+
+
 def download(url: str, hash_prefix: str | None = None, progress: bool = False, *,
              timeout: float | None = None, max_bytes: int | None = None,
-             expected_size: int | None = None) -> Path:
+             expected_size: int | None = None, deadline: float | None = None) -> Path:
     """Download ``url`` into :func:`cache_dir` (once) and check its SHA-256 prefix.
 
     A cached file is re-checked on every call when a hash is given, so a corrupt entry is reported,
@@ -235,32 +270,37 @@ def download(url: str, hash_prefix: str | None = None, progress: bool = False, *
         timeout: seconds to wait to connect and for each read; default :func:`download_timeout`.
         max_bytes: size cap when ``expected_size`` is not given; default :func:`max_download_bytes`.
         expected_size: the exact size of the file, when known.
+        deadline: seconds the whole download may take; default :func:`download_deadline`.
 
     Returns:
         The cached file (:func:`cache_path`).
 
     Raises:
-        WeightsError: HTTP error, timeout, too large, redirect loop, incomplete or wrong hash; the message
-            names the URL, and no partial file is left behind.
+        WeightsError: HTTP error, timeout, deadline, too large, redirect loop, a web page, incomplete or
+            wrong hash; the message names the URL, and no partial file is left behind.
+        ConfigError: the cache folder (``$SPLITATTN_CACHE``) cannot hold the file.
     """
     dst = cache_path(url, hash_prefix)
     if not dst.is_file():
+        _check_cache_folder(dst)
         timeout = download_timeout() if timeout is None else timeout
+        deadline = download_deadline() if deadline is None else deadline
+        if not deadline > 0:
+            raise InputError(f"download deadline must be a positive number of seconds, got {deadline!r}")
         if expected_size is not None:
             cap = expected_size
         else:
             cap = max_bytes if max_bytes is not None else max_download_bytes()
-        try:
-            _fetch(url, dst, hash_prefix, timeout, cap, expected_size, progress)
-        except urllib.error.HTTPError as e:
-            raise WeightsError(f"could not download {url}: HTTP {e.code} {e.reason}") from e
-        except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            reason = e.reason if isinstance(e, urllib.error.URLError) else e
-            if isinstance(reason, TimeoutError) or isinstance(e, TimeoutError):
-                raise WeightsError(f"could not download {url}: no answer within the {timeout:g} s timeout; "
-                                   "check the network or raise $SPLITATTN_DOWNLOAD_TIMEOUT") from e
-            raise WeightsError(f"could not download {url}: {reason or type(e).__name__}. Download the file "
-                               "by hand and pass its local path as pretrained=PATH") from e
+        with Deadline(deadline) as guard:
+            try:
+                _fetch(url, dst, hash_prefix, min(timeout, deadline), cap, expected_size, progress, guard)
+            except (SplitAttnError, TimeoutError, urllib.error.URLError, http.client.HTTPException,
+                    OSError) as e:
+                if guard.expired:  # whatever broke, it broke because the deadline shut the connection
+                    raise guard.error(url) from e
+                if isinstance(e, SplitAttnError):
+                    raise
+                _network_error(url, e, timeout)
     if hash_prefix:
         digest = sha256_file(dst)
         if not digest.startswith(hash_prefix):
@@ -269,6 +309,49 @@ def download(url: str, hash_prefix: str | None = None, progress: bool = False, *
                 "the file is corrupt or not the release; delete it to download again"
             )
     return dst
+
+
+def _network_error(url: str, e: BaseException, timeout: float) -> None:
+    """Raise the WeightsError of a failed request: HTTP status, timeout, or the network's reason."""
+    if isinstance(e, urllib.error.HTTPError):
+        raise WeightsError(f"could not download {url}: HTTP {e.code} {e.reason}") from e
+    reason = e.reason if isinstance(e, urllib.error.URLError) else e
+    if isinstance(reason, TimeoutError) or isinstance(e, TimeoutError):
+        raise WeightsError(f"could not download {url}: no answer within the {timeout:g} s timeout; "
+                           "check the network or raise $SPLITATTN_DOWNLOAD_TIMEOUT") from e
+    raise WeightsError(f"could not download {url}: {reason or type(e).__name__}. Download the file "
+                       "by hand and pass its local path as pretrained=PATH") from e
+
+
+def discard_download(path: str | os.PathLike, why: str) -> Path:
+    """Move a cached download that turned out not to load aside, so the next :func:`download` fetches it
+    again: to ``<name>.bad`` next to it (replacing an older one, so bad copies do not pile up).
+
+    Args:
+        path: a file :func:`download` returned (under :func:`cache_dir`).
+        why: what was wrong with it, for the log.
+
+    Returns:
+        Where the file now is.
+
+    Raises:
+        InputError: ``path`` is not a file in the download cache (a user's own file is never moved).
+        WeightsError: it could not be moved; the message says to delete it by hand.
+    """
+    path = Path(path)
+    root = cache_dir().resolve()
+    real = path.resolve()
+    if not path.is_file() or not real.is_relative_to(root):
+        raise InputError(f"{path} is not a file in the download cache {root}: only cached downloads are "
+                         "moved aside")
+    bad = path.with_name(path.name + ".bad")
+    try:
+        os.replace(path, bad)
+    except OSError as e:
+        raise WeightsError(f"the cached download {path} did not load ({why}) and could not be moved aside "
+                           f"({e.strerror or type(e).__name__}); delete it by hand") from e
+    log.info("moved the cached download %s aside to %s: %s", path, bad, why)
+    return bad
 
 
 # -- Hugging Face Hub files (huggingface_hub's cache and offline mode), hash-checked -----------------------
@@ -404,7 +487,8 @@ def hf_weights_file(model_id: str) -> Path:
     raise WeightsError(f"hf-hub:{model_id}: no weights splitattn can read: " + " | ".join(errors))
 
 
-__all__ = ["DOWNLOAD_TIMEOUT", "MAX_DOWNLOAD_BYTES", "MAX_REDIRECTS", "HashMismatchError", "cache_dir",
-           "cache_path", "download", "download_timeout", "git_blob_sha1", "hash_prefix_in_name",
-           "hf_cache_dir", "hf_file", "hf_offline", "hf_split", "hf_weights_file", "max_download_bytes",
-           "sha256_file", "url_file_name", "verify_hf_file"]
+__all__ = ["DOWNLOAD_DEADLINE", "DOWNLOAD_TIMEOUT", "MAX_DOWNLOAD_BYTES", "MAX_REDIRECTS",
+           "HashMismatchError", "cache_dir", "cache_path", "discard_download", "download",
+           "download_deadline", "download_timeout", "git_blob_sha1", "hash_prefix_in_name", "hf_cache_dir",
+           "hf_file", "hf_offline", "hf_split", "hf_weights_file", "max_download_bytes", "sha256_file",
+           "url_file_name", "verify_hf_file"]

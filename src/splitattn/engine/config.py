@@ -3,7 +3,8 @@
 One section per task (:class:`ClassificationConfig`, :class:`DetectionConfig`, :class:`SegmentationConfig`),
 each extending the keys every run shares (:class:`RunConfig`). Every key has a type and a default; values
 from YAML files and the command line are converted to the key's type and range-checked, and an unknown
-key is an error naming the closest valid key (``learning_rate`` -> ``lr``).
+key is an error naming the closest valid key (``learning_rate`` -> ``lr``). Numbers must be finite; recipes
+may not use YAML aliases or anchors (a few lines of nested aliases expand to gigabytes) nor repeat a key.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -50,6 +53,7 @@ class RunConfig:
     overwrite: bool = False                    # replace the run already in the output folder
     skip_bad_images: bool = False              # drop (and count) unreadable images instead of stopping
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
+    dist_timeout: float = _key(10.0, lo=0.01)  # minutes a process waits for the others (start, collectives)
     seed: int = _key(0, lo=0)
     deterministic: bool = False
     workers: int = _key(4, lo=0)
@@ -207,6 +211,31 @@ def suggest_key(key: str, valid: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else f"; valid keys: {', '.join(valid)}"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel = 3
+
+
+def _brief(value: Any) -> str:
+    """A bounded ``repr`` for messages: a value read from a file may be huge, and repr() itself costly."""
+    try:
+        return _REPR.repr(value)[:200]
+    except Exception:  # e.g. an int over Python's 4300-digit str() limit
+        return f"<{type(value).__name__}>"
+
+
+def _check_finite(key: str, value: Any, where: str) -> None:
+    """ConfigError for a NaN or an infinity anywhere in ``value`` (list items and dict values included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' {where} must be a finite number, got {value!r}")
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_finite(f"{key}[{i}]", v, where)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(f"{key}.{str(k)[:60]}", v, where)
+
+
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
@@ -254,7 +283,7 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
             return [_convert(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     elif origin is dict and isinstance(value, dict):
         return dict(value)
-    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {_brief(value)}")
 
 
 def _check_range(f: dataclasses.Field, value: Any) -> None:
@@ -262,13 +291,14 @@ def _check_range(f: dataclasses.Field, value: Any) -> None:
     if value is None:
         return
     if length is not None and len(value) != length:
-        raise ConfigError(f"config key '{f.name}' must have {length} values, got {len(value)}: {value!r}")
+        raise ConfigError(f"config key '{f.name}' must have {length} values, got {len(value)}: "
+                          f"{_brief(value)}")
     for v in value if isinstance(value, list) else [value]:
         if isinstance(v, bool) or not isinstance(v, int | float):
             continue
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             bounds = f">= {lo}" if hi is None else (f"<= {hi}" if lo is None else f"within [{lo}, {hi}]")
-            raise ConfigError(f"config key '{f.name}' must be {bounds}, got {value!r}")
+            raise ConfigError(f"config key '{f.name}' must be {bounds}, got {_brief(value)}")
 
 
 def _canonical(key: str, valid: list[str], where: str) -> str:
@@ -277,21 +307,85 @@ def _canonical(key: str, valid: list[str], where: str) -> str:
         log.warning("config key '%s' (%s) is deprecated: use '%s'", key, where, RENAMED[key])
         return RENAMED[key]
     if key not in valid:
-        raise ConfigError(f"unknown config key '{key}' {where}{suggest_key(key, valid)}")
+        raise ConfigError(f"unknown config key {_brief(key)} {where}{suggest_key(key[:100], valid)}")
     return key
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest recipe file read (recipes are a few hundred bytes)."""
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader refusing aliases and anchors, and duplicate keys (which YAML lets the last win).
+
+    Ten lines of nested aliases ("billion laughs") expand to gigabytes; recipes share values through
+    ``_base_`` instead.
+    """
+
+    source = "the config"
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+            raise ConfigError(f"{self.source}, line {event.start_mark.line + 1}: YAML anchors and aliases "
+                              f"({sign}{str(event.anchor)[:40]}) are not allowed in splitattn configs; write "
+                              "the value out (recipes share keys through _base_)")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<": the base class merges it
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = lines.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise ConfigError(f"{self.source}: key {_brief(key)} is given twice (lines {first} and "
+                                  f"{line}); keep one")
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """``text`` parsed by :class:`_RecipeLoader`; ``source`` ("config file x.yaml") names it in errors."""
+    loader = _RecipeLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    except ConfigError:
+        raise
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {' '.join(str(e).split())[:300]}") from e
+    except RecursionError:
+        raise ConfigError(f"{source}: its YAML is nested too deeply to read") from None
+    except ValueError as e:  # e.g. an int over Python's 4300-digit limit
+        raise ConfigError(f"{source}: a value YAML cannot convert ({str(e)[:150]})") from e
+    finally:
+        loader.dispose()
 
 
 def read_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A recipe YAML as a dict, following ``_base_: other.yaml`` (relative to the file) recursively."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingFileError(f"config file {path} does not exist; see the recipes in configs/")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file; pass a recipe YAML (see configs/)")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {path.stat().st_size:,} bytes, over the "
+                          f"{MAX_CONFIG_BYTES:,}-byte limit of a recipe; is it the right file?")
     if path.resolve() in _seen:
         raise ConfigError(f"config {path} inherits from itself through _base_")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    data = _load_yaml(text, f"config file {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     base = data.pop("_base_", None)
@@ -305,12 +399,10 @@ def read_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> d
 def parse_override(text: str) -> tuple[str, Any]:
     """``"key=value"`` -> ``(key, YAML-parsed value)``; the key is checked when the config is built."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like KEY=VALUE (e.g. mixup_alpha=0)")
+        raise ConfigError(f"override {_brief(text)} must look like KEY=VALUE (e.g. mixup_alpha=0)")
     key, value = text.split("=", 1)
-    try:
-        return key.strip().lstrip("-").replace("-", "_"), yaml.safe_load(value)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"cannot parse the value of {key}: {value!r} ({e})") from e
+    key = key.strip().lstrip("-").replace("-", "_")
+    return key, _load_yaml(value, f"the value of override {_brief(key)}")
 
 
 def load_config(task: str | None = None, config_file: str | os.PathLike | None = None,
@@ -327,7 +419,8 @@ def load_config(task: str | None = None, config_file: str | os.PathLike | None =
         The task's config dataclass.
 
     Raises:
-        ConfigError: unknown key (with the closest valid one), wrong type, out of range, task mismatch.
+        ConfigError: unknown key (with the closest valid one), wrong type, out of range, NaN or infinite,
+            task mismatch; a YAML alias, anchor or duplicate key in a file.
     """
     data = read_yaml_config(config_file) if config_file else {"_file_": {}}
     files = data.pop("_file_")
@@ -335,20 +428,24 @@ def load_config(task: str | None = None, config_file: str | os.PathLike | None =
     if task is None:
         task = file_task or "classification"
     if task not in CONFIG_CLASSES:
-        raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
+        raise ConfigError(f"task must be one of {TASKS}, got {_brief(task)}")
     if file_task is not None and file_task != task:
         raise ConfigError(f"config {config_file} is a {file_task} config, not {task}")
     cls = CONFIG_CLASSES[task]
     valid = sorted(f.name for f in fields(cls))
     values: dict[str, Any] = {}
+    where: dict[str, str] = {}
     for k, v in data.items():
-        values[_canonical(k, valid, f"in config file {files.get(k, config_file)}")] = v
+        key = _canonical(k, valid, f"in config file {files.get(k, config_file)}")
+        values[key], where[key] = v, f"in config file {files.get(k, config_file)}"
     for k, v in (overrides or {}).items():
         if v is not None:
-            values[_canonical(k, valid, "on the command line")] = v
+            key = _canonical(k, valid, "on the command line")
+            values[key], where[key] = v, "on the command line"
     hints = typing.get_type_hints(cls)
     by_name = {f.name: f for f in fields(cls)}
     for k, v in values.items():
+        _check_finite(k, v, where[k])
         values[k] = _convert(k, v, hints[k])
         _check_range(by_name[k], values[k])
     return cls(**values)
@@ -357,7 +454,14 @@ def load_config(task: str | None = None, config_file: str | os.PathLike | None =
 def save_config(cfg: RunConfig | dict[str, Any], path: str | os.PathLike) -> Path:
     """Write a config (or a dict of resolved values) as YAML, atomically."""
     data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-    return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    return atomic_write_text(path, yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False))
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes a value shared by two keys twice: a saved config must load without aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 __all__ = [
