@@ -39,8 +39,9 @@ from ..errors import (
 from .config import RunConfig, save_config
 from .interrupt import StopRequest
 from .progress import EpochProgress, MetricsLogger
+from .resume import check_entries, check_same_run
 from .rng import get_rng_state, seed_everything, set_rng_state
-from .rundir import drop_metrics_after, prepare_run_dir
+from .rundir import RunDirLock, drop_metrics_after, lock_run_dir, prepare_run_dir
 from .sampler import GlobalBatchSampler
 from .schedule import create_lr_scheduler, create_optimizer
 from .tasks import Task, create_task
@@ -62,8 +63,18 @@ class Trainer:
             raise ConfigError("no run folder given; pass --output RUN_DIR")
         self.cfg = cfg
         self.task: Task = create_task(cfg)
-        self.dist = dist or init_distributed(cfg.device)
+        self.dist = dist or init_distributed(cfg.device, cfg.dist_timeout)
         self.run_dir = Path(cfg.output)
+        # Rank 0 alone locks (and alone deletes or writes files): no rank waits on another's lock.
+        self._lock: RunDirLock | None = lock_run_dir(self.run_dir) if self.dist.is_main else None
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        cfg = self.cfg
         prepare_run_dir(self.run_dir, bool(cfg.resume), cfg.overwrite, self.dist.is_main)
         self.device = self.dist.device
         self.amp = ("bf16" if self.device.type == "cuda" else "off") if cfg.amp == "auto" else cfg.amp
@@ -79,11 +90,17 @@ class Trainer:
         self._stop, self._stop_after_step, self._saved_step = StopRequest(), 0, -1
         self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
 
+    def close(self) -> None:
+        """Release the run folder's lock (:meth:`fit` does at its end; process exit does in any case)."""
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.dist
         train_ds, self.val_ds = self.task.build_datasets()
         self.train_ds = SeededDataset(train_ds, cfg.seed)
         per_proc = self.task.per_process_batch(d.world_size)
+        self.train_size = len(train_ds)
         self.sampler = GlobalBatchSampler(len(train_ds), per_proc, d.world_size, d.rank, seed=cfg.seed)
         self.global_batch = self.sampler.global_batch
         self.steps_per_epoch = self.sampler.batches_per_epoch
@@ -146,6 +163,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step, "epoch": epoch, "batch": batch, "best": self.best,
             "sums": dict(self.sums), "rng": rngs, "world_size": self.dist.world_size,
+            "global_batch": self.global_batch, "train_size": self.train_size, "seed": self.cfg.seed,
             "config": dataclasses.asdict(self.cfg), **self.task.checkpoint_meta(),
         }
 
@@ -184,6 +202,9 @@ class Trainer:
         if ck.get("task", "classification") != self.task.name or "model" not in ck:
             raise CheckpointError(f"{path} is not a {self.task.name} training checkpoint of splitattn")
         self.task.check_resume(ck, path)
+        check_entries(ck, path)
+        check_same_run(ck, path, global_batch=self.global_batch, train_size=self.train_size,
+                       seed=self.cfg.seed, steps_per_epoch=self.steps_per_epoch)
         try:
             self.model.load_state_dict(ck["model"])
             if self.ema is not None and ck.get("model_ema") is not None:
@@ -199,8 +220,13 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             first = str(e).splitlines()[0]
             raise CheckpointError(f"checkpoint {path} does not fit this run ({first})") from e
-        if ck.get("world_size") == self.dist.world_size:
-            set_rng_state(ck["rng"][self.dist.rank])
+        if ck["world_size"] == self.dist.world_size:
+            try:
+                set_rng_state(ck["rng"][self.dist.rank])
+            except (ValueError, TypeError, RuntimeError, OverflowError) as e:
+                raise CheckpointError(f"checkpoint {path}: its 'rng' entry {self.dist.rank} cannot be "
+                                      f"restored ({str(e).splitlines()[0]}); resume from another "
+                                      "checkpoint") from e
         else:
             log.warning("checkpoint was written by %s processes, now %s: RNG streams are re-seeded",
                         ck.get("world_size"), self.dist.world_size)
@@ -211,7 +237,16 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train to the end, evaluating, logging and checkpointing; returns the last record written."""
+        """Train to the end, evaluating, logging and checkpointing; returns the last record written.
+
+        The run folder's lock is released at the end, whether training finished or failed.
+        """
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict[str, Any]:
         cfg, d = self.cfg, self.dist
         if cfg.resume:
             self.resume(str(cfg.resume))
@@ -382,7 +417,7 @@ def _new_sums() -> dict[str, Any]:
 
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Run one training job described by a config; returns the last metrics record."""
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, cfg.dist_timeout)
     try:
         return Trainer(cfg, dist).fit()
     finally:
@@ -391,7 +426,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
 def evaluate_checkpoint(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any]:
     """The task's validation metrics of a training checkpoint, on the config's val set."""
-    dist = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device, cfg.dist_timeout)
     try:
         task = create_task(cfg)
         ck = load_checkpoint(checkpoint)
