@@ -1,7 +1,7 @@
 """DropBlock (Ghiasi et al., NeurIPS 2018) as used by ResNeSt on layers 3 and 4."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a traced forward's annotations into the code it
+# generates, where TorchScript cannot read them as strings (torch.jit.script of a GraphModule).
 import torch
 import torch.fx
 import torch.nn.functional as F

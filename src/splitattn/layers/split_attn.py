@@ -16,8 +16,8 @@ Parameter names (``conv``, ``bn0``, ``fc1``, ``bn1``, ``fc2``) are those of the 
 ``resnest.torch`` and timm checkpoints.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a traced forward's annotations into the code it
+# generates, where TorchScript cannot read them as strings (torch.jit.script of a GraphModule).
 from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any

@@ -5,8 +5,8 @@ The backbone is built with BatchNorm, loaded from any classification checkpoint 
 converted to the requested norm, so running statistics survive into FrozenBatchNorm2d and SyncBatchNorm.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a traced forward's annotations into the code it
+# generates, where TorchScript cannot read them as strings (torch.jit.script of a GraphModule).
 import logging
 import os
 from collections import OrderedDict

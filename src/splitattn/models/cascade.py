@@ -37,6 +37,27 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+def _scale_grad(x: Tensor, scale: float) -> Tensor:
+    """``x``, with its gradient multiplied by ``scale`` in backward."""
+    if not torch.jit.is_scripting():
+        return _ScaleGrad.apply(x, scale)
+    # TorchScript cannot call an autograd.Function: the same value (x - x.detach() is exactly 0), and the
+    # same gradient.
+    return x.detach() + (x - x.detach()) * scale
+
+
+def _stage_loss(
+    logits: Tensor, deltas: Tensor, labels: list[Tensor], reg: list[Tensor]
+) -> tuple[Tensor, Tensor]:
+    """One stage's (classification, box regression) loss, the box loss over its positive RoIs."""
+    lab = torch.cat(labels)
+    tgt = torch.cat(reg)
+    loss_cls = F.cross_entropy(logits, lab)
+    pos = torch.where(lab > 0)[0]
+    loss_box = F.smooth_l1_loss(deltas[pos], tgt[pos], beta=1 / 9, reduction="sum") / max(lab.numel(), 1)
+    return loss_cls, loss_box
+
+
 class AgnosticBoxPredictor(nn.Module):
     """Class scores (``num_classes`` incl. background) and one class-agnostic box delta per RoI.
 
@@ -72,6 +93,14 @@ class CascadeRoIHeads(RoIHeads):
         score_thresh, nms_thresh, detections_per_img: inference post-processing.
         mask_roi_pool, mask_head, mask_predictor: torchvision Mask R-CNN parts (or ``None``).
     """
+
+    # TorchScript types the attributes it cannot infer from these (as torchvision's RoIHeads does).
+    __annotations__ = {
+        **RoIHeads.__annotations__,
+        "box_coders": list[det_utils.BoxCoder],
+        "matchers": list[det_utils.Matcher],
+    }
+    __jit_unused_properties__ = ["num_stages"]
 
     def __init__(
         self,
@@ -151,18 +180,14 @@ class CascadeRoIHeads(RoIHeads):
             reg.append(self.box_coders[stage].encode_single(gt_boxes[idx], props))
         return labels, matched, reg
 
-    def _stage_forward(
-        self,
-        stage: int,
-        features: dict[str, Tensor],
-        proposals: list[Tensor],
-        image_shapes: list[tuple[int, int]],
-    ) -> tuple[Tensor, Tensor]:
+    def _stage_features(
+        self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
         x = self.box_roi_pool(features, proposals, image_shapes)
         if self.training:
             # Each stage sends gradients into the shared RoI features; scale so their sum is one stage's.
-            x = _ScaleGrad.apply(x, 1.0 / self.num_stages)
-        return self.box_predictors[stage](self.box_heads[stage](x))
+            x = _scale_grad(x, 1.0 / len(self.box_heads))
+        return x
 
     def _decode(
         self, stage: int, deltas: Tensor, proposals: list[Tensor], image_shapes: list[tuple[int, int]]
@@ -172,17 +197,6 @@ class CascadeRoIHeads(RoIHeads):
         for b, shape in zip(boxes.split([len(p) for p in proposals]), image_shapes):
             out.append(box_ops.clip_boxes_to_image(b, shape))
         return out
-
-    @staticmethod
-    def _loss(
-        logits: Tensor, deltas: Tensor, labels: list[Tensor], reg: list[Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        lab = torch.cat(labels)
-        tgt = torch.cat(reg)
-        loss_cls = F.cross_entropy(logits, lab)
-        pos = torch.where(lab > 0)[0]
-        loss_box = F.smooth_l1_loss(deltas[pos], tgt[pos], beta=1 / 9, reduction="sum") / max(lab.numel(), 1)
-        return loss_cls, loss_box
 
     def _postprocess(
         self, scores: Tensor, boxes: list[Tensor]
@@ -204,6 +218,39 @@ class CascadeRoIHeads(RoIHeads):
             out_l.append(labels[keep])
         return out_b, out_s, out_l
 
+    def _mask_forward(
+        self,
+        features: dict[str, Tensor],
+        proposals: list[Tensor],
+        image_shapes: list[tuple[int, int]],
+        gt: list[dict[str, Tensor]],
+        matched: list[Tensor],
+        labels: list[Tensor],
+        result: list[dict[str, Tensor]],
+        losses: dict[str, Tensor],
+    ) -> None:
+        """The mask head on the last stage's boxes: adds ``masks`` to each ``result`` (eval) or ``loss_mask``
+        to ``losses`` (training, on the last stage's positive RoIs matched at its IoU)."""
+        mask_props: list[Tensor] = []
+        pos_matched: list[Tensor] = []
+        if self.training:
+            for props, idx, lab in zip(proposals, matched, labels):
+                pos = torch.where(lab > 0)[0]
+                mask_props.append(props[pos])
+                pos_matched.append(idx[pos])
+        else:
+            mask_props = [r["boxes"] for r in result]
+        # has_mask() in a form that TorchScript reads: it drops the branch when a module is None.
+        if self.mask_roi_pool is not None and self.mask_head is not None and self.mask_predictor is not None:
+            x = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_props, image_shapes)))
+            if self.training:
+                gt_masks = [t["masks"] for t in gt]
+                gt_labels = [t["labels"] for t in gt]
+                losses["loss_mask"] = maskrcnn_loss(x, mask_props, gt_masks, gt_labels, pos_matched)
+            else:
+                for prob, r in zip(maskrcnn_inference(x, [r["labels"] for r in result]), result):
+                    r["masks"] = prob
+
     def forward(  # type: ignore[override]
         self,
         features: dict[str, Tensor],
@@ -211,7 +258,7 @@ class CascadeRoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Same contract as torchvision's :meth:`RoIHeads.forward`.
+        """Same contract as torchvision's :meth:`RoIHeads.forward`; it scripts as torchvision's does.
 
         Returns:
             ``(detections, losses)``: in eval mode a list of ``{"boxes": (N, 4), "labels": (N,),
@@ -220,52 +267,39 @@ class CascadeRoIHeads(RoIHeads):
         """
         losses: dict[str, Tensor] = {}
         result: list[dict[str, Tensor]] = []
+        gt: list[dict[str, Tensor]] = []
         labels: list[Tensor] = []
         matched: list[Tensor] = []
+        reg: list[Tensor] = []
         if self.training:
             if targets is None:
                 raise InputError("targets are required in training mode (or call model.eval())")
             self.check_targets(targets)
+            gt = targets
             # Stage 1: ground truth added, sampled and labelled at stage_ious[0] with stage 1's box coder.
             proposals, matched, labels, reg = self.select_training_samples(proposals, targets)
-        all_scores = []
-        for k in range(self.num_stages):
-            if self.training and k > 0:
-                labels, matched, reg = self._label(k, proposals, targets)  # type: ignore[arg-type]
-            logits, deltas = self._stage_forward(k, features, proposals, image_shapes)
+        all_scores: list[Tensor] = []
+        boxes = proposals
+        for k, (head, predictor) in enumerate(zip(self.box_heads, self.box_predictors)):
+            if k > 0:
+                # Each later stage refines the boxes the previous one produced.
+                proposals = boxes
+                if self.training:
+                    labels, matched, reg = self._label(k, proposals, gt)
+            logits, deltas = predictor(head(self._stage_features(features, proposals, image_shapes)))
             if self.training:
-                lc, lb = self._loss(logits, deltas, labels, reg)
-                losses[f"loss_classifier_stage{k + 1}"] = lc * self.stage_loss_weights[k]
-                losses[f"loss_box_reg_stage{k + 1}"] = lb * self.stage_loss_weights[k]
+                lc, lb = _stage_loss(logits, deltas, labels, reg)
+                losses["loss_classifier_stage" + str(k + 1)] = lc * self.stage_loss_weights[k]
+                losses["loss_box_reg_stage" + str(k + 1)] = lb * self.stage_loss_weights[k]
             else:
                 all_scores.append(F.softmax(logits, -1))
-            new_boxes = self._decode(k, deltas.detach(), proposals, image_shapes)
-            if k < self.num_stages - 1:
-                proposals = new_boxes
+            boxes = self._decode(k, deltas.detach(), proposals, image_shapes)
         if not self.training:
-            scores = torch.stack(all_scores).mean(0)
-            boxes, scores_l, labels_l = self._postprocess(scores, new_boxes)
-            result = [
-                {"boxes": b, "labels": lab, "scores": s} for b, s, lab in zip(boxes, scores_l, labels_l)
-            ]
-
+            boxes_l, scores_l, labels_l = self._postprocess(torch.stack(all_scores).mean(0), boxes)
+            for b, sc, lab in zip(boxes_l, scores_l, labels_l):
+                result.append({"boxes": b, "labels": lab, "scores": sc})
         if self.has_mask():
-            if self.training:
-                # Mask head trains on the last stage's positive RoIs, matched at its IoU.
-                pos = [torch.where(lab > 0)[0] for lab in labels]
-                mask_props = [p[i] for p, i in zip(proposals, pos)]
-                pos_matched = [m[i] for m, i in zip(matched, pos)]
-            else:
-                mask_props = [r["boxes"] for r in result]
-            x = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_props, image_shapes)))
-            if self.training:
-                gt_masks = [t["masks"] for t in targets]  # type: ignore[union-attr]
-                gt_labels = [t["labels"] for t in targets]  # type: ignore[union-attr]
-                losses["loss_mask"] = maskrcnn_loss(x, mask_props, gt_masks, gt_labels, pos_matched)
-            else:
-                for prob, r in zip(maskrcnn_inference(x, [r["labels"] for r in result]), result):
-                    r["masks"] = prob
+            self._mask_forward(features, proposals, image_shapes, gt, matched, labels, result, losses)
         return result, losses
-
 
 __all__ = ["CascadeRoIHeads", "AgnosticBoxPredictor", "CASCADE_IOUS", "CASCADE_WEIGHTS"]

@@ -8,8 +8,8 @@
 :class:`FeatureInfo` (timm's interface: ``channels()``, ``reduction()``, ``module_name()``...).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a traced forward's annotations into the code it
+# generates, where TorchScript cannot read them as strings (torch.jit.script of a GraphModule).
 import copy
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ConfigError, InputError
 from ..layers.split_attn import is_tracing, uses_batch_stats
 from .resnest import check_input, set_grad_checkpointing, stem_dtype
-from .timm_api import STAGE_HINT, DefaultCfgMixin, feature_take_indices
+from .timm_api import STAGE_HINT, DefaultCfgMixin, StemChannelsMixin, feature_take_indices
 
 DEFAULT_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 _MODEL_PARTS = ("in_chans", "feature_info", "conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3",
@@ -87,7 +87,7 @@ class FeatureInfo:
         self.info = info
         self.out_indices = check_out_indices(out_indices, len(info))
 
-    def from_other(self, out_indices: int | Sequence[int] | None) -> FeatureInfo:
+    def from_other(self, out_indices: int | Sequence[int] | None) -> "FeatureInfo":
         """The same levels with other output levels."""
         return FeatureInfo(self.info, out_indices)
 
@@ -164,7 +164,7 @@ def _stage_names(out_indices: Sequence[int], feature_names: Sequence[str] | None
     return names
 
 
-class FeatureDictNet(DefaultCfgMixin, nn.Module):
+class FeatureDictNet(StemChannelsMixin, DefaultCfgMixin, nn.Module):
     """The stem and stages of a ResNeSt, returning the outputs selected by ``out_indices`` by name.
 
     Index 0 is the stem (stride 2, before the max pool), 1-4 are layer1-layer4. Submodule names are the
@@ -183,6 +183,7 @@ class FeatureDictNet(DefaultCfgMixin, nn.Module):
     Attributes:
         feature_info: a :class:`FeatureInfo` of the 5 levels, ``out_indices`` the returned ones.
         pretrained_cfg: the model's, without ``num_classes`` / ``classifier`` (``default_cfg``: the same).
+        in_chans: the input channels of the stem conv (it follows a swapped stem conv).
 
     Shape:
         ``(B, C, H, W) -> OrderedDict {name_i: (B, feature_info[i]["num_chs"], H / r_i, W / r_i)}``, with
@@ -190,7 +191,7 @@ class FeatureDictNet(DefaultCfgMixin, nn.Module):
     """
 
     __jit_ignored_attributes__ = ["feature_info", "pretrained_cfg", "model_cfg"]
-    __jit_unused_properties__ = ["default_cfg"]
+    __jit_unused_properties__ = ["default_cfg", "in_chans"]
 
     def __init__(
         self,
@@ -208,7 +209,6 @@ class FeatureDictNet(DefaultCfgMixin, nn.Module):
         indices = check_out_indices(out_indices)
         self.out_indices = indices
         self.stage_names = _stage_names([int(i) % 5 for i in _given_indices(out_indices, 5)], feature_names)
-        self.in_chans: int = model.in_chans
         self.conv1 = model.conv1
         self.bn1 = model.bn1
         self.act1 = model.act1

@@ -5,8 +5,8 @@ names follow the official ``resnest.torch`` code and timm (``conv1.0``, ``bn1``,
 ``downsample.1``, ``fc``...), so their checkpoints load without any key mapping.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a traced forward's annotations into the code it
+# generates, where TorchScript cannot read them as strings (torch.jit.script of a GraphModule).
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +20,7 @@ from ..layers.split_attn import batch_stats_attention_norm, check_int, check_rat
 from .registry import default_pretrained_cfg
 
 # _AvgMaxPool: models pickled before it moved name it here.
-from .timm_api import GLOBAL_POOLS, TimmModelMixin, _AvgMaxPool, device_dtype, make_pool  # noqa: F401
+from .timm_api import GLOBAL_POOLS, StemChannelsMixin, TimmModelMixin, _AvgMaxPool, device_dtype, make_pool  # noqa: F401
 
 MIN_INPUT_SIZE = 32
 
@@ -48,10 +48,11 @@ def _refuse_batch_of_one(batch_stats: bool | nn.Module) -> None:
 
 
 @torch.jit.unused
-def check_input(x: torch.Tensor, in_chans: int, batch_stats: bool | nn.Module,
+def check_input(x: torch.Tensor, in_chans: int | None, batch_stats: bool | nn.Module,
                 weight_dtype: torch.dtype | None = None) -> None:
     """Validate a ResNeSt input ``(B, in_chans, H, W)`` from its shape and dtype (no device sync).
 
+    ``in_chans``: the channels the stem conv takes (:func:`~.timm_api.stem_in_chans`; ``None``: not checked).
     ``batch_stats``: the module ``x`` runs through (a ResNeSt, a feature extractor): a batch of 1 is
     refused when one of its Split-Attention norms would normalise the 1x1 attention vector with batch
     statistics (BatchNorm in training mode; frozen or eval-mode BatchNorm does not), decided now and only
@@ -71,7 +72,7 @@ def check_input(x: torch.Tensor, in_chans: int, batch_stats: bool | nn.Module,
     if x.ndim != 4:
         hint = " (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""
         raise InputError(f"expected a 4D input (B, {in_chans}, H, W), got shape {shape}{hint}")
-    if x.shape[1] != in_chans:
+    if in_chans is not None and x.shape[1] != in_chans:
         raise InputError(
             f"expected {in_chans} input channels, got {x.shape[1]} (shape {shape}): convert "
             f"the image, or create the model with in_chans={x.shape[1]}"
@@ -241,7 +242,7 @@ def _check_resnest_args(layers: Any, output_stride: Any, global_pool: Any, drop_
         raise InputError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
 
 
-class ResNeSt(TimmModelMixin, nn.Module):
+class ResNeSt(StemChannelsMixin, TimmModelMixin, nn.Module):
     """ResNeSt image classifier / backbone.
 
     Args:
@@ -287,7 +288,7 @@ class ResNeSt(TimmModelMixin, nn.Module):
     """
 
     __jit_ignored_attributes__ = ["feature_info", "pretrained_cfg", "model_cfg"]
-    __jit_unused_properties__ = ["default_cfg"]
+    __jit_unused_properties__ = ["default_cfg", "in_chans"]
 
     def __init__(
         self,
@@ -315,7 +316,6 @@ class ResNeSt(TimmModelMixin, nn.Module):
                             cardinality=(cardinality, 1), base_width=(base_width, 1),
                             stem_width=(stem_width, 1))
         norm = get_norm_layer(norm_layer)
-        self.in_chans = in_chans
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.output_stride = output_stride

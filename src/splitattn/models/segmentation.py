@@ -4,8 +4,8 @@ The model is torchvision's :class:`~torchvision.models.segmentation.DeepLabV3`: 
 ``{"out": (B, num_classes, H, W)[, "aux": (B, num_classes, H, W)]}``, logits at the input resolution.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a traced forward's annotations into the code it
+# generates, where TorchScript cannot read them as strings (torch.jit.script of a GraphModule).
 import os
 from collections import OrderedDict
 from typing import Any
@@ -33,7 +33,8 @@ class _OutAux(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.body(x)
-        out = OrderedDict(out=feats["res5"])
+        out: dict[str, torch.Tensor] = OrderedDict()
+        out["out"] = feats["res5"]
         if self.aux:
             out["aux"] = feats["res4"]
         return out

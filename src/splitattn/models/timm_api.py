@@ -3,8 +3,8 @@ tools call (``forward_intermediates``, ``prune_intermediate_layers``, ``group_ma
 ``get_classifier``, ``default_cfg``), with the signatures and semantics of timm's ResNet.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies a traced forward's annotations into the code it
+# generates, where TorchScript cannot read them as strings (torch.jit.script of a GraphModule).
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -84,6 +84,39 @@ def make_pool(kind: str) -> tuple[nn.Module, nn.Module]:
         raise InputError(f"global_pool must be one of {GLOBAL_POOLS}, got {kind!r}")
     pool.pool_type = kind  # read by timm's export (timm.models._input._get_global_pool)
     return pool, flatten
+
+
+def stem_in_chans(conv1: nn.Module) -> int | None:
+    """The input channels the first conv of a ResNeSt stem takes, read from its weight (``None`` if it has
+    no conv weight), so a stem conv swapped or adapted after construction (timm's ``adapt_input_conv``)
+    counts, even one whose ``in_channels`` attribute was left as it was."""
+    first = conv1[0] if isinstance(conv1, nn.Sequential) else conv1
+    weight = getattr(first, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.ndim == 4:
+        return int(weight.shape[1]) * int(getattr(first, "groups", 1))
+    chans = getattr(first, "in_channels", None)
+    return chans if isinstance(chans, int) else None
+
+
+class StemChannelsMixin:
+    """``in_chans``: the input channels of the stem conv ``conv1`` (see :func:`stem_in_chans`).
+
+    A class using it lists ``"in_chans"`` in ``__jit_unused_properties__``.
+    """
+
+    @property
+    def in_chans(self) -> int | None:
+        """Input channels, as the stem conv (``conv1``, ``conv1[0]`` for the deep stem) takes them."""
+        return stem_in_chans(self.conv1)
+
+    @in_chans.setter
+    def in_chans(self, value: int) -> None:
+        if value != self.in_chans:
+            raise InputError(
+                f"in_chans follows the stem conv, which takes {self.in_chans} channels, not {value!r}: "
+                "replace the stem conv (model.conv1[0], or model.conv1 without the deep stem) with one of "
+                f"{value!r} input channels, or create the model with in_chans={value!r}"
+            )
 
 
 class DefaultCfgMixin:
@@ -194,5 +227,5 @@ class TimmModelMixin(DefaultCfgMixin):
         return take
 
 
-__all__ = ["GLOBAL_POOLS", "STAGE_HINT", "DefaultCfgMixin", "TimmModelMixin", "device_dtype",
-           "feature_take_indices", "make_pool"]
+__all__ = ["GLOBAL_POOLS", "STAGE_HINT", "DefaultCfgMixin", "StemChannelsMixin", "TimmModelMixin",
+           "device_dtype", "feature_take_indices", "make_pool", "stem_in_chans"]
