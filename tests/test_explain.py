@@ -123,6 +123,16 @@ def test_explain_fails_clearly(files: dict[str, Path], tmp_path: Path, capsys: p
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_explain_refuses_an_image_too_long_to_zoom(files: dict[str, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A tiny file of 300,000 x 1 pixels would be resized to gigabytes by the scale test: a bad image."""
+    long = tmp_path / "long.png"
+    __import__("PIL.Image").Image.new("L", (300_000, 1)).save(long)
+    assert main(["explain", str(long), "--weights", str(files["ckpt"]), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "long.png is 300000 x 1 pixels" in err and not (tmp_path / "o").exists()
+
+
 def test_scale_views_and_grad_cam(files: dict[str, Path]) -> None:
     target = load_explain_model(weights=files["ckpt"])
     cfg = DataConfig.from_dict(EVAL_CFG)

@@ -11,6 +11,7 @@ the object grows by ``s``) and the change in attention between scales. The figur
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -259,15 +260,17 @@ def _stage_sizes(model: nn.Module) -> Iterator[dict[str, tuple[int, int]]]:
             h.remove()
 
 
-def _load_images(images: Sequence[str | os.PathLike]) -> list[Image.Image]:
-    """Every image decoded up front, so a bad one fails before any output is written."""
+def _load_images(images: Sequence[str | os.PathLike], short_side: int) -> list[Image.Image]:
+    """Every image decoded up front, so a bad one fails before any output is written; ``short_side`` is
+    the largest the scale test resizes to (an image too long for it is a bad image, as in evaluation)."""
     if not images:
         raise InputError("explain needs at least one image")
     for p in images:
         if not os.path.isfile(p):
             raise MissingFileError(f"image {p} does not exist" + (" (it is a folder: name image files)"
                                                                   if os.path.isdir(p) else ""))
-    return [load_rgb(p, hint="give a JPEG, PNG or other image PIL can read") for p in images]
+    return [load_rgb(p, hint="give a JPEG, PNG or other image PIL can read", short_side=short_side)
+            for p in images]
 
 
 def _stems(images: Sequence[str | os.PathLike]) -> list[str]:
@@ -296,7 +299,7 @@ def explain_images(target: ExplainTarget, images: Sequence[str | os.PathLike], o
     from .explain_plots import caption, plot_attention, plot_channels, plot_grad_cam, plot_scales, save
 
     scales = check_scales(scales)
-    decoded = _load_images(images)
+    decoded = _load_images(images, math.ceil(resolve_data_config(target.model).resize_size * max(scales)))
     out = Path(out_dir)
     groups = {n: m.cardinality for n, m in split_attention_modules(target.model)}
     results = []
