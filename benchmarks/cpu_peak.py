@@ -1,12 +1,13 @@
-"""Measured multiply-add rate of this CPU's fp32, bf16 and int8 matrix multiplies (the roof the
-``splitattn bench`` rows are compared with in RESULTS.md).
+"""Measured multiply-add rate of this CPU's fp32, bf16 and INT8 matrix multiplies: the roofs that
+``splitattn bench --roofs FILE`` divides each row's GMAC/s by (1 MAC = one multiply-add).
 
-Large square GEMMs through PyTorch's CPU kernels (oneDNN / MKL): ``torch.mm`` in fp32 and bf16, and
-``torch._int_mm`` (int8 x int8 -> int32) where this torch build has it; the best of ``--repeats`` timed
-calls after one warm-up. A GEMM is the densest work these kernels do, so its rate is the practical peak;
-the theoretical one is cores x clock x MACs per cycle of the instructions used (see RESULTS.md).
+A short fp32 warm-up, then per format one small probe GEMM; a format whose probe is far below what the
+CPU's flags promise (a reference loop: bf16 without AVX512-BF16, ...) is reported ``"emulated"`` with the
+reason and not timed; the others get one timed measurement of about two seconds
+(:func:`splitattn.roofs.measure_roofs`). Prints the CPU, threads, torch version and one JSON line per format;
+finishes in well under a minute.
 
-    python benchmarks/cpu_peak.py --threads 2
+    python benchmarks/cpu_peak.py --threads 2 --out benchmarks/results/cpu_peak_<cpu>.json
 """
 
 from __future__ import annotations
@@ -17,48 +18,24 @@ import time
 
 import torch
 
+from splitattn.benchmark import BenchConfig
 from splitattn.cpu_features import cpu_description
-
-
-def gemm_rate(dtype: torch.dtype, n: int, repeats: int) -> float | None:
-    """Best-of-``repeats`` multiply-adds per second of an ``n x n x n`` GEMM, or ``None`` if unsupported."""
-    gen = torch.Generator().manual_seed(0)
-    if dtype == torch.int8:
-        a = torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=gen)
-        b = torch.randint(-128, 127, (n, n), dtype=torch.int8, generator=gen)
-
-        def fn() -> torch.Tensor:
-            return torch._int_mm(a, b)
-    else:
-        a = torch.randn(n, n, generator=gen).to(dtype)
-        b = torch.randn(n, n, generator=gen).to(dtype)
-
-        def fn() -> torch.Tensor:
-            return torch.mm(a, b)
-    try:
-        fn()
-    except (RuntimeError, NotImplementedError):
-        return None
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n**3 / best
+from splitattn.fileio import atomic_write_text
+from splitattn.roofs import measure_roofs
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("-n", type=int, default=2048)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=BenchConfig().threads, help="CPU threads (as the bench)")
+    p.add_argument("--out", default=None, help="write the result as JSON (for splitattn bench --roofs)")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    out = {"cpu": cpu_description(), "threads": args.threads, "n": args.n, "torch": torch.__version__}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("int8", torch.int8)):
-        rate = gemm_rate(dtype, args.n, args.repeats)
-        out[f"{name}_gmac_per_s"] = None if rate is None else round(rate / 1e9, 2)
-    print(json.dumps(out))
+    print(f"{cpu_description()}, {args.threads} threads, torch {torch.__version__}")
+    t0 = time.perf_counter()
+    result = measure_roofs(args.threads, log=print)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"measured in {result['seconds']} s")
+    if args.out:
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from splitattn.benchmark import (
     BenchConfig,
+    build_model,
     cpu_description,
     expand_specs,
     parse_spec,
@@ -20,7 +22,9 @@ from splitattn.benchmark import (
 )
 from splitattn.cli import main
 from splitattn.cli.bench import add_arguments, config_from_args
-from splitattn.errors import InputError
+from splitattn.errors import DataError, InputError, MissingFileError
+from splitattn.flops import count_macs
+from splitattn.roofs import load_roofs, roof_columns, row_format
 
 
 def _cfg(**kw: object) -> BenchConfig:
@@ -81,21 +85,38 @@ def test_saved_activation_mb_counts_storage_once() -> None:
 def test_cli_writes_csv_and_json(tmp_path: Path) -> None:
     rc = main(["bench", "-q", "--device", "cpu", "--models", "splitattn:resnest14d", "--mode", "infer",
                "-b", "1", "--img-size", "32", "--rounds", "1", "--steps", "1", "--warmup", "0", "--onnx",
-               "--csv", str(tmp_path / "r.csv"), "--json", str(tmp_path / "r.json")])
+               "--csv", str(tmp_path / "r.csv"), "--json", str(tmp_path / "r.json"), "--threads", "2",
+               "--roofs", str(_roofs_file(tmp_path / "peak.json"))])
     assert rc == 0
     rows = json.loads((tmp_path / "r.json").read_text())
     assert [r["model"] for r in rows] == ["splitattn:resnest14d", "onnx:resnest14d"]
+    # Model MACs per image (count_macs at 32 px) x img/s, over the fp32 roof (40 GMAC/s) of the file.
+    gmacs = count_macs(build_model("splitattn:resnest14d"), (3, 32, 32)) / 1e9
+    for r in rows:
+        assert r["gmacs"] == round(gmacs, 3) and r["roof_format"] == "fp32"
+        # img/s is rounded to 0.01 in the row, GMAC/s to 0.01, the fraction to 0.001.
+        rate = gmacs * r["infer_samples_per_sec"]
+        assert r["infer_gmac_per_s"] == pytest.approx(rate, abs=0.005 * gmacs + 0.0051)
+        assert r["infer_roof_fraction"] == pytest.approx(rate / 40.0, abs=0.0011)
     with open(tmp_path / "r.csv") as f:
         header = next(csv.reader(f))
     for col in ("model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size", "param_count"):
         assert col in header
 
 
-def test_per_row_layouts_in_one_run() -> None:
+def test_per_row_layouts_in_one_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``@cl`` / ``@nchw`` put each model in its own layout within one run, paired against the reference."""
+    from splitattn import benchmark
+
+    # --measure-roofs: the roofs measured in-process (here a given result) divide the rows' GMAC/s.
+    fake = json.loads(_roofs_file(tmp_path / "peak.json").read_text())
+    monkeypatch.setattr(benchmark, "measure_roofs", lambda threads, log: fake)
     cfg = _cfg(models=["splitattn:resnest14d@cl", "timm:resnest14d@nchw"], ref_resnest="timm:resnest14d@nchw",
-               ref_resnet="timm:resnest14d@nchw", mode="infer", optimized=True)
+               ref_resnet="timm:resnest14d@nchw", mode="infer", optimized=True, measure_roofs=True)
     rows = {r["model"]: r for r in run_benchmark(cfg, log=lambda _: None)}
+    for r in rows.values():
+        assert r["infer_roof_fraction"] == pytest.approx(r["infer_gmac_per_s"] / 40.0, abs=0.0011)
+        assert r["gmacs"] > 0 and r["roof_format"] == "fp32"
     assert set(rows) == {"splitattn:resnest14d@cl", "timm:resnest14d@nchw",
                          "splitattn:resnest14d@cl (BN folded only)", "splitattn:resnest14d@cl (optimized)"}
     assert rows["splitattn:resnest14d@cl (optimized)"]["channels_last"] is True
@@ -141,3 +162,71 @@ def test_cli_flags_fill_every_config_field() -> None:
         "splitattn:resnest14d+opt@cl", "onnx:resnest14d"]
     with pytest.raises(InputError, match="mode must be"):
         run_benchmark(BenchConfig(models=["tv:resnet18"], mode="eval", device="cpu"))
+
+
+def _roofs_file(path: Path, threads: int = 2) -> Path:
+    """A fake ``cpu_peak.py --out`` file for this CPU: fp32 40, bf16 emulated, INT8 80 GMAC/s."""
+    roofs = {"fp32": {"status": "measured", "gmac_per_s": 40.0},
+             "bf16": {"status": "emulated", "gmac_per_s": None, "reason": "reference loop"},
+             "int8": {"status": "measured", "gmac_per_s": 80.0}}
+    path.write_text(json.dumps({"cpu": cpu_description(), "threads": threads, "torch": "x", "roofs": roofs}))
+    return path
+
+
+def test_gmac_and_roof_fraction_columns_from_given_numbers(tmp_path: Path) -> None:
+    roofs = load_roofs(_roofs_file(tmp_path / "peak.json"), threads=2)
+    assert roofs == {"fp32": 40.0, "bf16": None, "int8": 80.0}
+    # 4 GMAC per image at 10 img/s = 40 GMAC/s: half the INT8 roof, all of fp32's, none for emulated bf16.
+    assert roof_columns(10.0, 4.0, "int8", roofs) == dict(infer_gmac_per_s=40.0, roof_format="int8",
+                                                        infer_roof_fraction=0.5)
+    assert roof_columns(10.0, 4.0, "fp32", roofs)["infer_roof_fraction"] == 1.0
+    assert roof_columns(10.0, 4.0, "bf16", roofs)["infer_roof_fraction"] is None
+    assert roof_columns(2.5, 4.0, None, roofs) == dict(infer_gmac_per_s=10.0, roof_format=None,
+                                                      infer_roof_fraction=None)
+    assert roof_columns(2.5, 4.0, "fp32", None)["infer_roof_fraction"] is None
+    assert [row_format(v, amp) for v, amp in (("int8", None), ("bf16-compile", None), ("bf16", None),
+                                               ("opt", None), ("", "bf16"), ("", "fp16"), ("", None))] == [
+        "int8", "bf16", "bf16", "fp32", "bf16", None, "fp32"]
+    with pytest.raises(InputError, match="measured at 2 threads, the bench runs 4; re-measure"):
+        load_roofs(tmp_path / "peak.json", threads=4)
+    (tmp_path / "old.json").write_text('{"cpu": "AMD EPYC (avx2)", "fp32_gmac_per_s": 33.67}')
+    with pytest.raises(DataError, match=r"old.json is not a cpu_peak.py result \(missing or bad 'roofs'\)"):
+        load_roofs(tmp_path / "old.json")
+    (tmp_path / "old.json").write_text('{"cpu": "AMD EPYC (avx2)"}\n 00:51:40 up 13:19\n')
+    with pytest.raises(DataError, match=r"old.json is not JSON \(Extra data: line 2 .*\); re-measure with"):
+        load_roofs(tmp_path / "old.json")
+    with pytest.raises(MissingFileError, match="nope.json does not exist; write one with"):
+        load_roofs(tmp_path / "nope.json")
+    with pytest.raises(InputError, match="CPU GEMM roofs, but the device is 'cuda'"):
+        run_benchmark(BenchConfig(models=["tv:resnet18"], device="cuda", roofs=str(tmp_path / "peak.json")))
+
+
+def test_cpu_peak_emulation_decision_and_sizing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from splitattn import roofs
+
+    avx2, bf16_cpu = {"avx2", "fma"}, {"avx2", "avx512f", "avx512_bf16"}
+    assert roofs.emulation_reason("fp32", avx2, 1.0, 1.0) is None
+    assert roofs.emulation_reason("bf16", avx2, 0.66, 28.0) == (
+        "probe 0.66 GMAC/s is below 1/8 of fp32's 28 (no avx512_bf16/amx_bf16 on this CPU): "
+        "a reference loop, not a roof")
+    assert roofs.emulation_reason("bf16", avx2, 4.0, 28.0) is None  # converted to fp32: slow but real
+    assert "(despite avx512_bf16)" in roofs.emulation_reason("bf16", bf16_cpu, 5.0, 28.0)
+    assert roofs.emulation_reason("bf16", bf16_cpu, 10.0, 28.0) is None
+    assert roofs.emulation_reason("int8", avx2, 53.0, 28.0) is None
+    assert "(no avx512_vnni/avx_vnni/amx_int8 on this CPU)" in roofs.emulation_reason("int8", avx2, 0.2, 28.0)
+    # ~0.25 s calls of a multiple-of-64 side, about 2 s in all, within [128, 4096].
+    assert roofs.timed_size(32.0) == (1984, 8) and roofs.timed_size(0.01) == (128, 10)
+    assert roofs.timed_size(1e6) == (4096, 100)
+    # measure_format: an emulated probe is never timed; a kernel that raises is unavailable, with its error.
+    monkeypatch.setattr(roofs, "_probe", lambda make: (0.5, 256))
+    monkeypatch.setattr(roofs, "_time", lambda make, rate: pytest.fail("emulated format timed"))
+    out = roofs.measure_format("bf16", avx2, 28.0)
+    assert out["status"] == "emulated" and out["gmac_per_s"] is None and "below 1/8" in out["reason"]
+
+    def broken(n: int) -> Callable[[], torch.Tensor]:
+        raise RuntimeError("no int8 kernel\nstack")
+
+    monkeypatch.setattr(roofs, "gemm_kernels", lambda fmt: [("fake int8", broken)])
+    monkeypatch.setattr(roofs, "_probe", lambda make: make(128))
+    assert roofs.measure_format("int8", avx2, 28.0) == dict(
+        format="int8", status="unavailable", gmac_per_s=None, reason="fake int8: no int8 kernel")

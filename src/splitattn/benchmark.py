@@ -5,7 +5,10 @@ machine load drifts hit them alike); warm-up steps are excluded; a model's throu
 round, and a ratio is the median over rounds of the paired per-round ratios. Rows are named
 ``source:model`` with source ``splitattn``, ``timm``, ``official`` (``resnest.torch``), ``tv``
 (torchvision) or ``onnx`` (the splitattn model in onnxruntime, CPU, inference only). Output columns
-follow timm's ``benchmark.py`` (``infer_samples_per_sec``, ``infer_step_time`` in ms, ...).
+follow timm's ``benchmark.py`` (``infer_samples_per_sec``, ``infer_step_time`` in ms, ...). Inference
+rows also give the model's multiply-adds per image (``gmacs``), their rate (``infer_gmac_per_s``) and,
+given the CPU's GEMM roofs (:mod:`splitattn.roofs`), the fraction of the roof of the row's format
+(``infer_roof_fraction``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from .amp import autocast, make_grad_scaler
 from .cpu_features import cpu_description
 from .errors import InputError
 from .fileio import atomic_write_text
+from .flops import count_macs
 from .layers.split_attn import SplitAttn, _radix_weighted_sum
+from .roofs import load_roofs, measure_roofs, roof_columns, roof_rates, row_format
 
 DEFAULT_MODELS = ("splitattn:resnest50", "timm:resnest50d", "official:resnest50", "tv:resnet50",
                   "timm:resnet50d")
@@ -73,6 +78,8 @@ class BenchConfig:
         warmup: untimed steps per model and mode.
         rounds: interleaved timed rounds.
         steps: timed steps per model per round.
+        roofs: a ``benchmarks/cpu_peak.py --out`` JSON file of this CPU's GEMM roofs (CPU runs).
+        measure_roofs: measure the roofs in this process before the rows (CPU runs; ignores ``roofs``).
     """
 
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
@@ -91,6 +98,8 @@ class BenchConfig:
     warmup: int = 2
     rounds: int = 5
     steps: int = 3
+    roofs: str | None = None
+    measure_roofs: bool = False
 
 
 def build_model(spec: str, num_classes: int = 1000) -> nn.Module:
@@ -220,6 +229,8 @@ class Runner:
     infer_peak: float | None = None
     train_peak: float | None = None
     train_saved_mb: float | None = None
+    gmacs: float | None = None
+    fmt: str | None = None
 
 
 def saved_activation_mb(step: Callable[[], torch.Tensor]) -> float:
@@ -297,7 +308,10 @@ def make_runner(spec: str, cfg: BenchConfig, modes: list[str]) -> Runner:
     x = x.to(device).contiguous(memory_format=fmt)
     label = base + (f"@{layout}" if layout else "") + _VARIANTS[variant]
     model = use_weighted_sum(build_model(base), variant).to(device)
-    runner = Runner(label, sum(p.numel() for p in model.parameters()), channels_last)
+    runner = Runner(label, sum(p.numel() for p in model.parameters()), channels_last,
+                    gmacs=count_macs(model, (3, cfg.img_size, cfg.img_size)) / 1e9
+                    if "infer" in modes and variant not in TRAIN_ONLY else None,
+                    fmt=row_format(variant, cfg.amp))
     if base.startswith("onnx:"):
         runner.infer = _onnx_runner(model, cfg, int8=variant == "int8")
         return runner
@@ -429,6 +443,11 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[
         raise InputError(f"mode must be 'infer', 'train' or 'both', got {cfg.mode!r}")
     if cfg.device == "cpu":
         torch.set_num_threads(cfg.threads)
+    elif cfg.roofs or cfg.measure_roofs:
+        raise InputError(f"--roofs / --measure-roofs are CPU GEMM roofs, but the device is {cfg.device!r}; "
+                         "use --device cpu or drop them")
+    roofs = (roof_rates(measure_roofs(cfg.threads, log)) if cfg.measure_roofs
+             else load_roofs(cfg.roofs, threads=cfg.threads) if cfg.roofs else None)
     modes = ["infer", "train"] if cfg.mode == "both" else [cfg.mode]
     runners = []
     for spec in expand_specs(cfg):
@@ -447,7 +466,7 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[
             for r, fn in active[k:] + active[:k]:
                 getattr(r, f"{mode}_times").append(time_steps(fn, cfg.steps, cfg.device))
             log(f"{mode} round {i + 1}/{cfg.rounds} done")
-    return [_row(r, runners, cfg) for r in runners]
+    return [_row(r, runners, cfg, roofs) for r in runners]
 
 
 def _paired_ratio(a: list[float], b: list[float]) -> float | None:
@@ -457,7 +476,8 @@ def _paired_ratio(a: list[float], b: list[float]) -> float | None:
     return statistics.median(tb / ta for ta, tb in zip(a, b))
 
 
-def _row(r: Runner, runners: list[Runner], cfg: BenchConfig) -> dict[str, Any]:
+def _row(r: Runner, runners: list[Runner], cfg: BenchConfig, roofs: dict[str, float | None] | None = None,
+         ) -> dict[str, Any]:
     ref_resnest = next((x for x in runners if x.name == cfg.ref_resnest), None)
     ref_resnet = next((x for x in runners if x.name == cfg.ref_resnet), None)
     row: dict[str, Any] = dict(model=r.name, param_count=round(r.params / 1e6, 2))
@@ -475,6 +495,8 @@ def _row(r: Runner, runners: list[Runner], cfg: BenchConfig) -> dict[str, Any]:
         for key, other in (("vs_timm_resnest50d", ref_resnest), ("vs_resnet50", ref_resnet)):
             ratio = _paired_ratio(times, getattr(other, f"{mode}_times")) if other else None
             row[f"{mode}_{key}"] = round(ratio, 3) if ratio is not None else None
+        if mode == "infer" and r.gmacs is not None:
+            row.update(gmacs=round(r.gmacs, 3), **roof_columns(cfg.batch_size / t, r.gmacs, r.fmt, roofs))
         peak = getattr(r, f"{mode}_peak")
         if peak is not None:
             row[f"{mode}_mem_peak_mb"] = round(peak, 1)
@@ -492,6 +514,7 @@ def render(rows: list[dict[str, Any]], console: Any) -> None:
 
     cols = [("model", "model"), ("infer img/s", "infer_samples_per_sec"), ("ms", "infer_step_time"),
             ("x timm S50d", "infer_vs_timm_resnest50d"), ("x tv R50", "infer_vs_resnet50"),
+            ("GMAC/s", "infer_gmac_per_s"), ("x roof", "infer_roof_fraction"),
             ("train img/s", "train_samples_per_sec"), ("x timm S50d ", "train_vs_timm_resnest50d"),
             ("x tv R50 ", "train_vs_resnet50"), ("saved act MiB", "train_saved_activations_mb"),
             ("peak MiB (inf/train)", None), ("params M", "param_count")]
@@ -511,7 +534,7 @@ def render(rows: list[dict[str, Any]], console: Any) -> None:
                 cells.append("-" if a is None and b is None else f"{a or '-'} / {b or '-'}")
             else:
                 v = row.get(key)
-                is_ratio = isinstance(v, float) and "vs" in key
+                is_ratio = isinstance(v, float) and ("vs" in key or "roof" in key)
                 cells.append("-" if v is None else f"{v:.3f}" if is_ratio else str(v))
         table.add_row(*cells)
     console.print(table)

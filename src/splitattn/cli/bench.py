@@ -46,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=default.warmup, help="untimed steps per model and mode")
     p.add_argument("--rounds", type=int, default=default.rounds, help="interleaved timed rounds")
     p.add_argument("--steps", type=int, default=default.steps, help="timed steps per model per round")
+    p.add_argument("--roofs", default=None, metavar="FILE",
+                   help="this CPU's GEMM roofs (benchmarks/cpu_peak.py --out FILE): each inference row gets "
+                        "the fraction of the roof of its format (fp32, +bf16* -> bf16, +int8 -> INT8)")
+    p.add_argument("--measure-roofs", action="store_true",
+                   help="measure the roofs in this process first (about 10 s; overrides --roofs)")
     p.add_argument("--csv", default=None, help="write the rows as CSV")
     p.add_argument("--json", default=None, help="write the rows as JSON")
 
