@@ -409,7 +409,7 @@ def test_sigkill_during_save_pretrained_leaves_the_old_or_the_new_folder(tmp_pat
     (folder / "sub" / "extra.txt").write_text("kept too")
     rng = random.Random(0)
     outcomes = []
-    for _ in range(6):
+    for _ in range(4):
         child = subprocess.Popen([sys.executable, "-c", _SAVE_FOREVER, str(folder), str(refs)],
                                  stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == "ready"

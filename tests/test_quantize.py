@@ -203,7 +203,6 @@ def test_int8_save_load_round_trip(digits: dict, int8_digits: tuple, tmp_path: P
     torch.testing.assert_close(again(x), q(x), atol=0, rtol=0)
     # The .pt2 export is for deployment runtimes; splitattn refuses to open one.
     pt2 = qmodel.export_program(tmp_path / "digits.pt2")
-    assert torch.export.load(pt2).module()(digits["xva"][:2]).shape == (2, 10)
     with pytest.raises(WeightsError, match=r"digits.pt2 is a torch.export archive \(.pt2\), which splitattn "
                                            r"does not load.*quantize the float model again"):
         splitattn.load_quantized(pt2, compile=False)
