@@ -248,7 +248,11 @@ def _model_spec(model: nn.Module) -> ModelSpec | None:
         return None
     from .data.preprocessing import resolve_data_config
 
-    return ModelSpec.from_model(model, data_config=resolve_data_config(model).to_dict())
+    try:
+        return ModelSpec.from_model(model, data_config=resolve_data_config(model).to_dict())
+    except InputError as e:  # e.g. built with a norm layer class: its file then needs load_quantized(model=)
+        log.warning("the INT8 model's file will not record its architecture (%s)", e)
+        return None
 
 
 def _convert(model: nn.Module, batches: Iterable[torch.Tensor], settings: Mapping[str, Any], pt2e: Any,
