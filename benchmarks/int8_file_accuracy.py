@@ -51,7 +51,7 @@ def main() -> None:
     ds = ImageFolderDataset(Path(args.data) / "val", create_eval_transform(model), classes=classes)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor(ds.targets)
-    calib = calibration_batches(Path(args.data) / "train", model, num_images=512, batch_size=64)
+    calib = calibration_batches(Path(args.data) / "train", model, num_images=512)  # as eval --int8 does
     with torch.no_grad():
         fp32 = model(x)
         bf16 = optimize_for_inference(model, dtype=torch.bfloat16)(x.to(torch.bfloat16)).float()
