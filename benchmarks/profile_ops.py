@@ -1,0 +1,232 @@
+"""Where the INT8 and bf16-compiled programs spend their time, per op class (``torch.profiler``, CPU).
+
+For each model (default: splitattn resnest50 and, for comparison, torchvision resnet50; 224 px, random
+weights, eval) and program, built by the bench's own builders (:func:`splitattn.benchmark.make_runner`):
+
+- ``int8``: the ``+int8`` row, :func:`splitattn.quantize` compiled (inductor with freezing);
+- ``bf16``: the ``+bf16-compile`` row, ``optimize_for_inference(dtype=torch.bfloat16)`` (splitattn) or a
+  bf16 model (torchvision) through ``torch.compile`` with freezing;
+
+and each batch size, the program is compiled and warmed up, timed without the profiler, then profiled for
+``--steps`` steps. Inductor's kernel profiling (``torch._inductor.config.cpp.enable_kernel_profile``) makes
+each generated C++ kernel a profiler event named after the ops it fuses (``cpp_fused_<aten ops>_<n>``,
+inductor's ``descriptive_names="original_aten"``); the oneDNN convolutions are extern kernels
+(``onednn::qconv_pointwise``, ``mkldnn::_convolution_pointwise``...). Each event's self time goes to the
+class of the event itself or, if it has none (``aten::empty`` inside a convolution...), of its nearest
+classified ancestor, else to ``other`` (the Python wrapper's own time included). The rules are the one table
+:data:`RULES` (:func:`classify`). Prints, per model, program and batch: ms/step (wall, without and with the
+profiler), ms and % per class, the non-convolution share and the top kernels; ``--out`` writes JSON.
+
+    python benchmarks/profile_ops.py --batch-sizes 8 1 --out benchmarks/results/profile_ops_<cpu>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import statistics
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from splitattn.benchmark import BenchConfig, make_runner
+from splitattn.cpu_features import cpu_description, cpu_flags
+from splitattn.fileio import atomic_write_text
+
+CLASSES = ("conv", "attn_tail", "quant", "other")
+PROGRAMS = {"int8": "int8", "bf16": "bf16-compile"}  # program -> the bench's row variant
+DEFAULT_MODELS = ("splitattn:resnest50", "tv:resnet50")
+
+# The classification, first match wins. ``op``: a regex on a profiler event name (aten / oneDNN / mkldnn
+# ops). ``fused``: op names among those of an inductor kernel ``cpp_fused_<ops>_<n>`` (matched as whole
+# ``_``-separated names). ``quant`` kernels are those whose ops are only (de)quantize and data movement.
+# Known blur: names cannot tell which pooling is which, so the network's final global pool (one small kernel
+# per step, ``mean``) counts as attn_tail in both models; the attention MLP's fc1/fc2 are 1x1 convolutions,
+# run by the same oneDNN kernels as the others, so they count as conv (the trace cannot tell them apart).
+RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    # oneDNN INT8 conv / linear, mkldnn (bf16/fp32) conv and linear, eager convs and linears (the classifier
+    # fc counts as a conv: a GEMM like them).
+    ("conv", "op", (r"qconv", r"qlinear", r"convolution", r"_linear_pointwise", r"^aten::(addmm|mm|linear)$",
+                    r"^aten::(conv\w*|_convolution)$")),
+    ("quant", "op", (r"quantize_per_", r"dequantize", r"^aten::(q_scale|q_zero_point|int_repr)$")),
+    ("attn_tail", "op", (r"softmax", r"adaptive_avg_pool", r"^aten::(mean|sum|sigmoid|addcmul|mul)$")),
+    # Split-Attention tail inside inductor kernels: pooling (sum / mean over H, W, then the radix sum and
+    # the division), r-softmax (softmax, or amax / exp / div once decomposed), sigmoid (radix 1), weighted
+    # sum (mul + addcmul at radix 2, mul + sum otherwise).
+    ("attn_tail", "fused", ("sum", "mean", "adaptive_avg_pool2d", "_softmax", "softmax", "amax", "exp",
+                            "sigmoid", "addcmul", "mul", "div")),
+)
+# Ops that only move or (de)quantize data: a kernel of these alone is a quant kernel.
+QUANT_OPS = ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel", "dequantize_per_channel",
+             "quantize", "dequantize")
+MOVE_OPS = ("clone", "copy", "_to_copy", "convert_element_type", "view", "permute", "expand", "round",
+            "clamp", "clamp_min", "clamp_max")
+# Events of dynamo / AOT / inductor's Python wrapper: their self time (in ``other``) is the glue between
+# kernels, reported apart as ``other_wrapper_ms``.
+WRAPPER = re.compile(r"^## Call CompiledFxGraph|^Torch-Compiled Region|^TorchDynamo|^AOTDispatcher|^Pregraph")
+_FUSED = re.compile(r"cpp_fused_(?P<ops>\w+?)(?:_\d+)?$")
+
+
+def fused_ops(name: str) -> str | None:
+    """The ``_``-joined op names of an inductor kernel event (``graph_0_cpp_fused_add_relu_3`` ->
+    ``"add_relu"``), or ``None`` for other events."""
+    m = _FUSED.search(name)
+    return m.group("ops") if m else None
+
+
+def _has(ops: str, op: str) -> bool:
+    return re.search(rf"(?:^|_){re.escape(op)}(?:_|$)", ops) is not None
+
+
+def _only(ops: str, allowed: tuple[str, ...]) -> bool:
+    rest = f"_{ops}_"
+    for op in sorted(allowed, key=len, reverse=True):  # longest first: dequantize_per_tensor before quantize
+        rest = re.sub(rf"_{re.escape(op)}(?=_)", "", rest)
+    return rest.strip("_") == ""
+
+
+def classify(name: str) -> str | None:
+    """The op class of one profiler event name (see :data:`RULES`), or ``None`` when no rule applies (the
+    caller then uses the nearest classified ancestor's class, else ``"other"``)."""
+    ops = fused_ops(name)
+    if ops is not None:
+        if any(_has(ops, q) for q in QUANT_OPS) and _only(ops, QUANT_OPS + MOVE_OPS):
+            return "quant"
+        for cls, kind, names in RULES:
+            if kind == "fused" and any(_has(ops, op) for op in names):
+                return cls
+        return "other"
+    for cls, kind, patterns in RULES:
+        if kind == "op" and any(re.search(p, name) for p in patterns):
+            return cls
+    return None
+
+
+def attribute(events: list[Any]) -> tuple[dict[str, float], dict[str, tuple[str, float, int]]]:
+    """``(self us per class, {event name: (class, self us, calls)})`` of profiler ``FunctionEvent`` s; an
+    event without a class of its own takes its nearest classified ancestor's."""
+    per_class: dict[str, float] = defaultdict(float)
+    kernels: dict[str, list[Any]] = {}
+    for ev in events:
+        cls, node = None, ev
+        while node is not None and cls is None:
+            cls = classify(node.name)
+            node = node.cpu_parent
+        cls = cls or "other"
+        per_class[cls] += ev.self_cpu_time_total
+        k = kernels.setdefault(ev.name, [cls, 0.0, 0])
+        k[1] += ev.self_cpu_time_total
+        k[2] += 1
+    return dict(per_class), {n: (c, t, k) for n, (c, t, k) in kernels.items()}
+
+
+def summarize(per_class: dict[str, float], kernels: dict[str, tuple[str, float, int]], steps: int,
+              top: int = 10) -> dict[str, Any]:
+    """ms per step and % per class, the non-conv share and the ``top`` kernels by self time."""
+    total = sum(per_class.values()) or 1.0
+    classes = {c: dict(ms=round(per_class.get(c, 0.0) / 1e3 / steps, 2),
+                       pct=round(100 * per_class.get(c, 0.0) / total, 1)) for c in CLASSES}
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1][1])
+    wrapper = sum(t for n, (_, t, _) in kernels.items() if WRAPPER.search(n))
+    return dict(profiled_ms_per_step=round(total / 1e3 / steps, 2), classes=classes,
+                non_conv_pct=round(100 - classes["conv"]["pct"], 1),
+                other_wrapper_ms=round(wrapper / 1e3 / steps, 2),
+                top_kernels=[dict(name=n, cls=c, ms=round(t / 1e3 / steps, 2), pct=round(100 * t / total, 1),
+                                  calls_per_step=k / steps) for n, (c, t, k) in ranked[:top]],
+                kernels={n: dict(cls=c, ms=round(t / 1e3 / steps, 3)) for n, (c, t, _) in ranked})
+
+
+def _step_times(fn: Any, steps: int) -> list[float]:
+    """ms of each of ``steps`` calls of ``fn`` (all kept: other work on the machine shows as outliers)."""
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(round((time.perf_counter() - t0) * 1e3, 2))
+    return times
+
+
+def profile_program(model: str, program: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Build, compile, time and profile one program at one batch size."""
+    cfg = BenchConfig(models=[model], mode="infer", device="cpu", batch_size=batch, img_size=args.img_size,
+                      channels_last=args.channels_last, threads=args.threads)
+    t0 = time.perf_counter()
+    runner = make_runner(f"{model}+{PROGRAMS[program]}", cfg, ["infer"])
+    fn = runner.infer
+    assert fn is not None
+    for _ in range(args.warmup):  # the first call compiles
+        fn()
+    build_s = time.perf_counter() - t0
+    wall = _step_times(fn, args.steps)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                record_shapes=args.shapes) as prof:
+        wall_prof = _step_times(fn, args.steps)
+    per_class, kernels = attribute(list(prof.events()))
+    extra: dict[str, Any] = {}
+    if args.shapes:  # the slowest (op, input shapes) pairs: which convolutions or tail kernels cost most
+        rows = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+        extra["top_by_shape"] = [dict(name=e.key, shapes=str(e.input_shapes), calls=e.count / args.steps,
+                                      ms=round(e.self_cpu_time_total / 1e3 / args.steps, 2))
+                                 for e in rows[:15]]
+    return dict(model=model, program=program, batch=batch, steps=args.steps,
+                build_and_warmup_s=round(build_s, 1),
+                wall_ms_per_step=round(statistics.median(wall), 2), wall_ms_steps=wall,
+                wall_ms_steps_profiled=wall_prof, img_per_s=round(batch * 1e3 / statistics.median(wall), 2),
+                gmacs=runner.gmacs and round(runner.gmacs, 3),
+                **summarize(per_class, kernels, args.steps), **extra)
+
+
+def print_result(r: dict[str, Any]) -> None:
+    """One program's figures as a few readable lines."""
+    cls = "  ".join(f"{c} {v['ms']} ms ({v['pct']}%)" for c, v in r["classes"].items())
+    print(f"\n{r['model']} {r['program']} b{r['batch']}: {r['wall_ms_per_step']} ms/step wall "
+          f"({r['img_per_s']} img/s; steps {r['wall_ms_steps']} ms, profiled "
+          f"{r['wall_ms_steps_profiled']} ms), "
+          f"{r['profiled_ms_per_step']} ms/step of profiled op time; non-conv "
+          f"{r['non_conv_pct']}%\n  {cls} (of which wrapper {r['other_wrapper_ms']} ms)")
+    for k in r["top_kernels"]:
+        print(f"    {k['ms']:9.2f} ms {k['pct']:5.1f}%  {k['cls']:9s} x{k['calls_per_step']:g}  {k['name']}")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="bench model specs")
+    p.add_argument("--programs", nargs="+", default=list(PROGRAMS), choices=list(PROGRAMS))
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 1])
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=BenchConfig().threads)
+    p.add_argument("--channels-last", action="store_true", help="bf16 program in channels_last (as @cl)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (the first compiles)")
+    p.add_argument("--steps", type=int, default=2, help="timed, then profiled, steps")
+    p.add_argument("--shapes", action="store_true", help="also the top ops by input shapes (JSON only)")
+    p.add_argument("--out", default=None, help="write the results as JSON")
+    args = p.parse_args()
+    import torch._inductor.config as inductor_config
+
+    # Each generated C++ kernel becomes a profiler event (must be set before the programs compile).
+    inductor_config.cpp.enable_kernel_profile = True
+    torch.set_num_threads(args.threads)
+    flags = sorted(f for f in cpu_flags() if f == "avx2" or f.startswith(("avx512", "amx", "avx_vnni")))
+    command = shlex.join([sys.executable, *sys.argv])
+    print(f"{cpu_description()}\nflags: {' '.join(flags) or 'none'}\ntorch {torch.__version__}, "
+          f"{args.threads} threads\n{command}")
+    results = []
+    for model in args.models:
+        for program in args.programs:
+            for batch in args.batch_sizes:
+                results.append(profile_program(model, program, batch, args))
+                print_result(results[-1])
+                if args.out:  # after each program: a long run keeps what it has measured
+                    atomic_write_text(args.out, json.dumps(dict(
+                        cpu=cpu_description(), flags=flags, torch=torch.__version__, threads=args.threads,
+                        command=command, results=results), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The op classes of benchmarks/profile_ops.py: profiler event names -> conv / attn_tail / quant / other."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_ops.py"
+_SPEC = importlib.util.spec_from_file_location("profile_ops", _PATH)
+assert _SPEC is not None and _SPEC.loader is not None
+profile_ops = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(profile_ops)
+
+
+@pytest.mark.parametrize("name, expected", [
+    # oneDNN / mkldnn extern kernels and eager convs and linears
+    ("onednn::qconv_pointwise", "conv"),
+    ("onednn::qconv2d_pointwise.binary", "conv"),
+    ("onednn::qlinear_pointwise", "conv"),
+    ("mkldnn::_convolution_pointwise", "conv"),
+    ("mkldnn::_convolution_pointwise_.binary", "conv"),
+    ("mkldnn::_linear_pointwise", "conv"),
+    ("aten::mkldnn_convolution", "conv"),
+    ("aten::addmm", "conv"),
+    # eager (de)quantize and Split-Attention ops
+    ("quantized_decomposed::quantize_per_tensor", "quant"),
+    ("aten::dequantize", "quant"),
+    ("aten::_softmax", "attn_tail"),
+    ("aten::sum", "attn_tail"),
+    # inductor's generated kernels, named after the ops they fuse
+    ("graph_0_cpp_fused_quantize_per_tensor_0", "quant"),
+    ("graph_0_cpp_fused_dequantize_per_tensor_clone_quantize_per_tensor_12", "quant"),
+    ("graph_0_cpp_fused__softmax_7", "attn_tail"),
+    # names seen in splitattn resnest50's INT8 program (torch 2.14): pooling + division, then r-softmax
+    # and weighted sum fused with the next block's avd pooling, and the final global pool
+    ("graph_0_cpp_fused_div_quantize_per_tensor_sum_view_8", "attn_tail"),
+    ("graph_0_cpp_fused__softmax_addcmul_avg_pool2d_mul_quantize_per_tensor_transpose_unbind_view_9",
+     "attn_tail"),
+    ("graph_0_cpp_fused_dequantize_per_tensor_mean_quantize_per_tensor_36", "attn_tail"),
+    ("graph_0_cpp_fused_avg_pool2d_dequantize_per_tensor_quantize_per_tensor_7", "other"),
+    ("graph_0_cpp_fused_dequantize_per_tensor_sum_3", "attn_tail"),
+    ("graph_0_cpp_fused_addcmul_dequantize_per_tensor_mul_quantize_per_tensor_9", "attn_tail"),
+    ("graph_1_cpp_fused_mean_51", "attn_tail"),
+    ("graph_0_cpp_fused_add_relu_4", "other"),
+    ("graph_0_cpp_fused_dequantize_per_tensor_max_pool2d_with_indices_quantize_per_tensor_1", "other"),
+    ("graph_0_cpp_fused_avg_pool2d_2", "other"),
+])
+def test_classify_kernel_names(name: str, expected: str) -> None:
+    assert profile_ops.classify(name) == expected, f"{name} -> {profile_ops.classify(name)}, want {expected}"
+
+
+@pytest.mark.parametrize("name", ["aten::empty", "Torch-Compiled Region: 0/0", "aten::as_strided",
+                                  "quantized::max_pool2d"])
+def test_unclassified_names_defer_to_their_parent(name: str) -> None:
+    assert profile_ops.classify(name) is None, f"{name} got class {profile_ops.classify(name)}"
+
+
+def test_attribute_gives_children_their_parents_class_and_summarize_the_shares() -> None:
+    def ev(name: str, self_us: float, parent: object = None) -> SimpleNamespace:
+        return SimpleNamespace(name=name, self_cpu_time_total=self_us, cpu_parent=parent)
+
+    root = ev("Torch-Compiled Region: 0/0", 100.0)
+    conv = ev("onednn::qconv_pointwise", 500.0, root)
+    events = [root, conv, ev("aten::empty", 20.0, conv), ev("graph_0_cpp_fused__softmax_3", 200.0, root),
+              ev("graph_0_cpp_fused_quantize_per_tensor_0", 180.0, root)]
+    per_class, kernels = profile_ops.attribute(events)
+    assert per_class == {"other": 100.0, "conv": 520.0, "attn_tail": 200.0, "quant": 180.0}, per_class
+    assert kernels["aten::empty"] == ("conv", 20.0, 1), kernels["aten::empty"]
+    out = profile_ops.summarize(per_class, kernels, steps=2, top=2)
+    assert out["profiled_ms_per_step"] == 0.5, out
+    assert out["classes"]["conv"] == {"ms": 0.26, "pct": 52.0}, out["classes"]
+    assert out["non_conv_pct"] == 48.0, out
+    assert out["other_wrapper_ms"] == 0.05, out  # the compiled region's own 100 us over 2 steps
+    top = [k["name"] for k in out["top_kernels"]]
+    assert top == ["onednn::qconv_pointwise", "graph_0_cpp_fused__softmax_3"], top
