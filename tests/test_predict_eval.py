@@ -157,7 +157,8 @@ def test_load_for_inference_refuses_pretrained_kwargs_and_missing_keys(files: di
     with pytest.raises(CheckpointError, match=r"nm\.ckpt does not record its model"):
         load_for_inference(no_model)
     detection = save_checkpoint(tmp_path / "det.ckpt", {**ck, "task": "detection"})
-    with pytest.raises(CheckpointError, match="detection checkpoint"):
+    with pytest.raises(CheckpointError, match=r"det.ckpt is a detection checkpoint, not a classification "
+                                              r"one; evaluate it with `splitattn detect eval --config "):
         load_for_inference(detection)
 
 

@@ -80,8 +80,12 @@ def _classification_checkpoint(path: Path, ema: bool, model_name: str | None = N
     ck = load_checkpoint(path)
     task = ck.get("task", "classification")
     if not isinstance(task, str) or task != "classification":
+        commands = {"detection": "detect", "segmentation": "segment"}
+        command = commands.get(task) if isinstance(task, str) else None
+        how = (f"evaluate it with `splitattn {command} eval --config RECIPE --checkpoint {path}`" if command
+               else "it is not a checkpoint of `splitattn train`")
         raise CheckpointError(f"checkpoint {path} is a {str(task)[:40]} checkpoint, not a classification "
-                              "one; evaluate it with `splitattn train --eval-only` of its recipe")
+                              f"one; {how}")
     if ema and ck.get("model_ema") is None:
         raise CheckpointError(f"checkpoint {path} has no EMA weights (the run did not use --ema); drop --ema")
     key = "model_ema" if ema else "model"
