@@ -25,7 +25,7 @@ from .factory import build_model, model_from_weights
 from .models.registry import resolve_name
 from .models.spec import ModelSpec, read_spec
 from .validation import Invalid
-from .weights import check_is_file, classifier_rows, read_weights, save_weights, state_dict_of
+from .weights import classifier_rows, file_problem, read_weights, save_weights, state_dict_of
 
 WEIGHTS_SUFFIX = ".safetensors"
 
@@ -126,7 +126,8 @@ def load_for_inference(weights: str | os.PathLike, model_name: str | None = None
         InputError: ``ema`` for a weights file, or an unknown ``model_name``.
     """
     path = Path(weights)
-    check_is_file(path, "weights file", MissingFileError)
+    if problem := file_problem(path):
+        raise MissingFileError(f"weights file {path} {problem}")
     if path.suffix == CKPT_SUFFIX:
         model, _, _ = _classification_checkpoint(path, ema, model_name)
         return model.eval(), _class_names(model)

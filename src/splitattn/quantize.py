@@ -40,7 +40,7 @@ from .factory import build_model
 from .fileio import atomic_write
 from .int8_format import FORMAT, VERSION, bind_graph_state, read_int8_file, write_int8_file
 from .models.spec import ModelSpec
-from .weights import check_is_file
+from .weights import file_problem
 
 __all__ = [
     "INT8_FLAGS", "QuantizedModel", "calibration_batches", "check_int8_support", "cpu_flags",
@@ -442,7 +442,8 @@ def load_quantized(path: str | os.PathLike, compile: bool = True, model: nn.Modu
             kernels (see :func:`int8_support_problem`).
     """
     path = Path(path)
-    check_is_file(path, "INT8 model file", MissingFileError)
+    if problem := file_problem(path):
+        raise MissingFileError(f"INT8 model file {path} {problem}")
     pt2e, x86 = check_int8_support() if compile else _import_torchao()
     stored = read_int8_file(path)
     settings = stored.settings

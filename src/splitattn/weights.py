@@ -72,14 +72,13 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return sd, meta
 
 
-def check_is_file(path: Path, what: str, error: type[Exception] = WeightsError) -> None:
-    """``error`` naming ``path`` unless it is a regular file (not a folder, FIFO or device)."""
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file ("does not exist", "is a folder"...), or None when it can."""
     if path.is_file():
-        return
+        return None
     if path.exists():
-        kind = "a folder" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
-        raise error(f"{what} {path} is {kind}; pass a weights file")
-    raise error(f"{what} {path} does not exist")
+        return "is a folder" if path.is_dir() else "is not a regular file (a FIFO, socket or device)"
+    return "does not exist"
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -96,7 +95,8 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             holds anything but a mapping of names to dense tensors; the message names the file.
     """
     path = Path(path)
-    check_is_file(path, "weights file")
+    if problem := file_problem(path):
+        raise WeightsError(f"weights file {path} {problem}")
     meta: dict[str, str] = {}
     if path.suffix == ".safetensors":
         sd, meta = _read_safetensors(path)
@@ -368,7 +368,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
 
 
-__all__ = ["WeightsFile", "adapt_input_conv", "check_same_function", "load_pretrained",
+__all__ = ["WeightsFile", "adapt_input_conv", "check_same_function", "file_problem", "load_pretrained",
            "load_state_dict_into", "read_pretrained", "read_state_dict", "read_weights", "release_weights",
            "resolve_weights",
            "save_weights", "state_dict_of"]
