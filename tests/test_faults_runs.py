@@ -3,13 +3,16 @@ one folder; malformed checkpoint entries; a torchrun process that never arrives.
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -252,3 +255,34 @@ def test_a_rank_that_does_not_arrive_is_named_within_dist_timeout(data, tmp_path
                               "127.0.0.1:")
     assert "did not answer within 0.05 min (dist_timeout; " in errs[1]
     assert errs[1].endswith("raise dist_timeout")
+
+
+def test_resume_from_a_hostile_checkpoint_is_refused(data, run, tmp_path, capsys):
+    """--resume PATH with a record naming weights to fetch, a record of another model, or a pickled payload:
+    one line naming the checkpoint and the field, no code run, nothing in the run folder changed."""
+    state = load_checkpoint(run / "last.ckpt")
+    record = json.loads(state["splitattn.model"])
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    evil = save_checkpoint(tmp_path / "evil.ckpt", {**state, "splitattn.model": json.dumps(
+        {**record, "model_args": {**record["model_args"], "pretrained": "http://127.0.0.1:1/w.pth"}})})
+    other = save_checkpoint(tmp_path / "other.ckpt", {**state, "splitattn.model": json.dumps(
+        {**record, "num_classes": 3, "label_names": ["a", "b", "c"]})})
+    pickled = tmp_path / "pickled.ckpt"
+    with zipfile.ZipFile(run / "last.ckpt") as src, zipfile.ZipFile(pickled, "w") as out:
+        for item in src.infolist():
+            data_ = src.read(item.filename)
+            out.writestr(item.filename, pickle.dumps({"step": Payload()}, protocol=2)
+                         if item.filename.endswith("data.pkl") else data_)
+    before = _snapshot(run)
+    for path, message in ((evil, f"checkpoint {evil}: 'model_args.pretrained' must be absent"),
+                          (other, f"checkpoint {other} was trained with num_classes 3, this run has 2"),
+                          (pickled, f"checkpoint {pickled} needs pickled code to load (the global "
+                                    "posix.mkdir)")):
+        err = _refused(capsys, _args(data, run, "--resume", str(path)))
+        assert message in err, err
+    assert not marker.exists() and _snapshot(run) == before
