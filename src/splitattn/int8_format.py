@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -29,6 +28,7 @@ from .errors import WeightsError
 from .fileio import atomic_write
 from .models.spec import RECORD_KEY, ModelSpec, read_spec
 from .validation import Invalid, boolean, check_fields, choice, integer, number, sequence, text
+from .weights import read_safetensors
 
 FORMAT = "splitattn-int8"
 VERSION = 2
@@ -135,13 +135,7 @@ def read_int8_file(path: str | os.PathLike) -> Int8File:
         raise WeightsError(f"INT8 model file {path} is a torch.export archive (.pt2), which splitattn does "
                            "not load (loading one can run code it holds); quantize the float model again and "
                            "save it with QuantizedModel.save('model.int8.safetensors')")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except Exception as e:  # safetensors raises its own error types (and OSError, MemoryError...)
-        raise WeightsError(f"INT8 model file {path} is not a readable safetensors file ({str(e)[:200]})"
-                           ) from e
+    tensors, meta = read_safetensors(path, "INT8 model file")
     try:
         settings = check_fields(_SETTINGS_CHECKS, _json_entry(meta, SETTINGS_KEY), SETTINGS_KEY)
         if settings.get("format") != FORMAT or settings.get("version") != VERSION:

@@ -62,13 +62,15 @@ def state_dict_of(obj: Any) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(path: Path, what: str = "weights file",
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file, or a WeightsError naming ``what`` and the file."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
             sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except Exception as e:  # safetensors raises its own error types (and OSError, MemoryError...)
-        raise WeightsError(f"{path} is not a readable safetensors file ({str(e)[:200]})") from e
+        raise WeightsError(f"{what} {path} is not a readable safetensors file ({str(e)[:200]})") from e
     return sd, meta
 
 
@@ -99,7 +101,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise WeightsError(f"weights file {path} {problem}")
     meta: dict[str, str] = {}
     if path.suffix == ".safetensors":
-        sd, meta = _read_safetensors(path)
+        sd, meta = read_safetensors(path)
     else:
         obj = safe_torch_load(path, WeightsError, "weights file")
         if isinstance(obj, Mapping):
@@ -369,6 +371,5 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
 
 
 __all__ = ["WeightsFile", "adapt_input_conv", "check_same_function", "file_problem", "load_pretrained",
-           "load_state_dict_into", "read_pretrained", "read_state_dict", "read_weights", "release_weights",
-           "resolve_weights",
-           "save_weights", "state_dict_of"]
+           "load_state_dict_into", "read_pretrained", "read_safetensors", "read_state_dict", "read_weights",
+           "release_weights", "resolve_weights", "save_weights", "state_dict_of"]
