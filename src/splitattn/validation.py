@@ -10,6 +10,7 @@ checkpoint, a ``config.json``) turns :class:`Invalid` into its own error, naming
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,9 +45,18 @@ class Invalid(ValueError):
         return Invalid(self.expected, field=inner, shown=self.value)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel = 3
+
+
 def short_repr(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for messages quoting what a file holds."""
-    text = repr(value)
+    """A bounded ``repr(value)`` of at most ``limit`` characters (then "..."), for messages quoting what a
+    file or config holds: such a value may be huge, and a full ``repr`` itself costly."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 (e.g. an int over Python's 4300-digit str() limit)
+        return f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[:limit] + "..."
 
 

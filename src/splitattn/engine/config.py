@@ -14,7 +14,6 @@ import difflib
 import logging
 import math
 import os
-import reprlib
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -25,6 +24,7 @@ import yaml
 
 from ..errors import ConfigError, MissingFileError
 from ..fileio import atomic_write_text
+from ..validation import short_repr
 
 log = logging.getLogger("splitattn")
 
@@ -211,19 +211,6 @@ def suggest_key(key: str, valid: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else f"; valid keys: {', '.join(valid)}"
 
 
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 60
-_REPR.maxlevel = 3
-
-
-def _brief(value: Any) -> str:
-    """A bounded ``repr`` for messages: a value read from a file may be huge, and repr() itself costly."""
-    try:
-        return _REPR.repr(value)[:200]
-    except Exception:  # e.g. an int over Python's 4300-digit str() limit
-        return f"<{type(value).__name__}>"
-
-
 def _check_finite(key: str, value: Any, where: str) -> None:
     """ConfigError for a NaN or an infinity anywhere in ``value`` (list items and dict values included)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -283,7 +270,7 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
             return [_convert(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     elif origin is dict and isinstance(value, dict):
         return dict(value)
-    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {_brief(value)}")
+    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {short_repr(value, 200)}")
 
 
 def _check_range(f: dataclasses.Field, value: Any) -> None:
@@ -292,13 +279,13 @@ def _check_range(f: dataclasses.Field, value: Any) -> None:
         return
     if length is not None and len(value) != length:
         raise ConfigError(f"config key '{f.name}' must have {length} values, got {len(value)}: "
-                          f"{_brief(value)}")
+                          f"{short_repr(value, 200)}")
     for v in value if isinstance(value, list) else [value]:
         if isinstance(v, bool) or not isinstance(v, int | float):
             continue
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             bounds = f">= {lo}" if hi is None else (f"<= {hi}" if lo is None else f"within [{lo}, {hi}]")
-            raise ConfigError(f"config key '{f.name}' must be {bounds}, got {_brief(value)}")
+            raise ConfigError(f"config key '{f.name}' must be {bounds}, got {short_repr(value, 200)}")
 
 
 def _canonical(key: str, valid: list[str], where: str) -> str:
@@ -307,7 +294,7 @@ def _canonical(key: str, valid: list[str], where: str) -> str:
         log.warning("config key '%s' (%s) is deprecated: use '%s'", key, where, RENAMED[key])
         return RENAMED[key]
     if key not in valid:
-        raise ConfigError(f"unknown config key {_brief(key)} {where}{suggest_key(key[:100], valid)}")
+        raise ConfigError(f"unknown config key {short_repr(key, 200)} {where}{suggest_key(key[:100], valid)}")
     return key
 
 
@@ -345,8 +332,8 @@ class _RecipeLoader(yaml.SafeLoader):
                 continue
             line = key_node.start_mark.line + 1
             if first is not None:
-                raise ConfigError(f"{self.source}: key {_brief(key)} is given twice (lines {first} and "
-                                  f"{line}); keep one")
+                raise ConfigError(f"{self.source}: key {short_repr(key, 200)} is given twice (lines {first} "
+                                  f"and {line}); keep one")
             lines[key] = line
         return super().construct_mapping(node, deep)
 
@@ -399,10 +386,10 @@ def read_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> d
 def parse_override(text: str) -> tuple[str, Any]:
     """``"key=value"`` -> ``(key, YAML-parsed value)``; the key is checked when the config is built."""
     if "=" not in text:
-        raise ConfigError(f"override {_brief(text)} must look like KEY=VALUE (e.g. mixup_alpha=0)")
+        raise ConfigError(f"override {short_repr(text, 200)} must look like KEY=VALUE (e.g. mixup_alpha=0)")
     key, value = text.split("=", 1)
     key = key.strip().lstrip("-").replace("-", "_")
-    return key, _load_yaml(value, f"the value of override {_brief(key)}")
+    return key, _load_yaml(value, f"the value of override {short_repr(key, 200)}")
 
 
 def load_config(task: str | None = None, config_file: str | os.PathLike | None = None,
@@ -428,7 +415,7 @@ def load_config(task: str | None = None, config_file: str | os.PathLike | None =
     if task is None:
         task = file_task or "classification"
     if task not in CONFIG_CLASSES:
-        raise ConfigError(f"task must be one of {TASKS}, got {_brief(task)}")
+        raise ConfigError(f"task must be one of {TASKS}, got {short_repr(task, 200)}")
     if file_task is not None and file_task != task:
         raise ConfigError(f"config {config_file} is a {file_task} config, not {task}")
     cls = CONFIG_CLASSES[task]
