@@ -4,7 +4,7 @@
 A short fp32 warm-up, then per format one small probe GEMM; a format whose probe is far below what the
 CPU's flags promise (a reference loop: bf16 without AVX512-BF16, ...) is reported ``"emulated"`` with the
 reason and not timed; the others get one timed measurement of about two seconds
-(:func:`splitattn.roofs.measure_roofs`). Prints the CPU, threads, torch version and one JSON line per format;
+(:func:`roofs.measure_roofs`). Prints the CPU, threads, torch version and one JSON line per format;
 finishes in well under a minute.
 
     python benchmarks/cpu_peak.py --threads 2 --out benchmarks/results/cpu_peak_<cpu>.json
@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from splitattn.benchmark import BenchConfig
-from splitattn.cpu_features import cpu_description
-from splitattn.fileio import atomic_write_text
-from splitattn.roofs import measure_roofs
+from harness import BenchConfig
+from roofs import measure_roofs
+from splitattn.deploy.cpu_features import cpu_description
+from splitattn.utils.fileio import atomic_write_text
 
 
 def main() -> None:

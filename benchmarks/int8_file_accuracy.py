@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 import splitattn
-from splitattn.cpu_features import cpu_flags
 from splitattn.data.imagefolder import ImageFolderDataset
 from splitattn.data.transforms import create_eval_transform
-from splitattn.inference import optimize_for_inference
-from splitattn.predict import load_for_inference
-from splitattn.quantize import calibration_batches, int8_dot_product, int8_support_problem
+from splitattn.deploy.cpu_features import cpu_flags
+from splitattn.deploy.fold import optimize_for_inference
+from splitattn.deploy.quantization import calibration_batches, int8_dot_product, int8_support_problem
+from splitattn.evaluation.predict import load_for_inference
 
 _LOAD = """
 import sys, torch, splitattn

@@ -1,9 +1,9 @@
 """Where the INT8 and bf16-compiled programs spend their time, per op class (``torch.profiler``, CPU).
 
 For each model (default: splitattn resnest50 and, for comparison, torchvision resnet50; 224 px, random
-weights, eval) and program, built by the bench's own builders (:func:`splitattn.benchmark.make_runner`):
+weights, eval) and program, built by the bench's own builders (:func:`harness.make_runner`):
 
-- ``int8``: the ``+int8`` row, :func:`splitattn.quantize` compiled (inductor with freezing);
+- ``int8``: the ``+int8`` row, :func:`splitattn.deploy.quantization` compiled (inductor with freezing);
 - ``bf16``: the ``+bf16-compile`` row, ``optimize_for_inference(dtype=torch.bfloat16)`` (splitattn) or a
   bf16 model (torchvision) through ``torch.compile`` with freezing;
 
@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from splitattn.benchmark import BenchConfig, make_runner
-from splitattn.cpu_features import cpu_description, cpu_flags
-from splitattn.fileio import atomic_write_text
+from harness import BenchConfig, make_runner
+from splitattn.deploy.cpu_features import cpu_description, cpu_flags
+from splitattn.utils.fileio import atomic_write_text
 
 CLASSES = ("conv", "attn_tail", "quant", "other")
 PROGRAMS = {"int8": "int8", "bf16": "bf16-compile"}  # program -> the bench's row variant

@@ -22,8 +22,8 @@ from torch._dynamo.utils import counters
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import splitattn  # noqa: E402
 from conftest import randomize_stats  # noqa: E402
-from splitattn.benchmark import build_model  # noqa: E402
-from splitattn.inference import optimize_for_inference  # noqa: E402
+from harness import build_model  # noqa: E402
+from splitattn.deploy.fold import optimize_for_inference  # noqa: E402
 
 
 def compare(name: str, got: torch.Tensor, ref: torch.Tensor, precision: str) -> dict:

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from splitattn.cpu_features import cpu_description
 from splitattn.data.synthetic import make_digits_ade, make_digits_coco
+from splitattn.deploy.cpu_features import cpu_description
 from splitattn.engine import Trainer, evaluate_checkpoint, load_config, parse_override
 from splitattn.errors import TrainingDivergedError
-from splitattn.fileio import atomic_write_text
+from splitattn.utils.fileio import atomic_write_text
 
 RECIPES = {"detect": ("detection", "configs/detection/shapes_faster_rcnn_resnest14d.yaml"),
            "segment": ("segmentation", "configs/segmentation/shapes_deeplabv3_resnest14d.yaml")}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from timm.layers import SplitAttn as TimmSplitAttn
 
-from splitattn.benchmark import saved_activation_mb
+from harness import saved_activation_mb
 from splitattn.layers import SplitAttn
 
 

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 import splitattn
 from conftest import randomize_stats
-from splitattn.attention import attention_entropy, attention_summary, capture_attention
+from splitattn.deploy.fold import optimize_for_inference
 from splitattn.errors import InputError
-from splitattn.inference import optimize_for_inference
+from splitattn.explain.attention import attention_entropy, attention_summary, capture_attention
 from splitattn.layers.split_attn import SplitAttn
 from splitattn.models import ResNeSt, create_detection_model, create_segmentation_model
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from splitattn.benchmark import (
+from bench import add_arguments, config_from_args
+from bench import main as bench_main
+from harness import (
     BenchConfig,
     build_model,
     cpu_description,
@@ -20,11 +22,9 @@ from splitattn.benchmark import (
     run_benchmark,
     saved_activation_mb,
 )
-from splitattn.cli import main
-from splitattn.cli.bench import add_arguments, config_from_args
+from roofs import load_roofs, roof_columns, row_format
 from splitattn.errors import DataError, InputError, MissingFileError
-from splitattn.flops import count_macs
-from splitattn.roofs import load_roofs, roof_columns, row_format
+from splitattn.utils.flops import count_macs
 
 
 def _cfg(**kw: object) -> BenchConfig:
@@ -57,7 +57,7 @@ def test_rows_ratios_and_timm_columns() -> None:
 
 def test_cpu_description_reads_model_name_and_isa_flags(monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path) -> None:
-    from splitattn import cpu_features
+    from splitattn.deploy import cpu_features
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu avx2 avx512f avx512_vnni "
@@ -83,7 +83,7 @@ def test_saved_activation_mb_counts_storage_once() -> None:
 
 
 def test_cli_writes_csv_and_json(tmp_path: Path) -> None:
-    rc = main(["bench", "-q", "--device", "cpu", "--models", "splitattn:resnest14d", "--mode", "infer",
+    rc = bench_main(["-q", "--device", "cpu", "--models", "splitattn:resnest14d", "--mode", "infer",
                "-b", "1", "--img-size", "32", "--rounds", "1", "--steps", "1", "--warmup", "0", "--onnx",
                "--csv", str(tmp_path / "r.csv"), "--json", str(tmp_path / "r.json"), "--threads", "2",
                "--roofs", str(_roofs_file(tmp_path / "peak.json"))])
@@ -106,7 +106,7 @@ def test_cli_writes_csv_and_json(tmp_path: Path) -> None:
 
 def test_per_row_layouts_in_one_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``@cl`` / ``@nchw`` put each model in its own layout within one run, paired against the reference."""
-    from splitattn import benchmark
+    import harness as benchmark
 
     # --measure-roofs: the roofs measured in-process (here a given result) divide the rows' GMAC/s.
     fake = json.loads(_roofs_file(tmp_path / "peak.json").read_text())
@@ -202,7 +202,7 @@ def test_gmac_and_roof_fraction_columns_from_given_numbers(tmp_path: Path) -> No
 
 
 def test_cpu_peak_emulation_decision_and_sizing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from splitattn import roofs
+    import roofs
 
     avx2, bf16_cpu = {"avx2", "fma"}, {"avx2", "avx512f", "avx512_bf16"}
     assert roofs.emulation_reason("fp32", avx2, 1.0, 1.0) is None

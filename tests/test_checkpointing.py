@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import splitattn
-from splitattn.benchmark import saved_activation_mb
+from harness import saved_activation_mb
 from splitattn.layers import SplitAttn, checkpoint
 from splitattn.models import set_drop_block_prob
 

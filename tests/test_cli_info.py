@@ -43,8 +43,8 @@ def test_packaged_demo_recipe_loads() -> None:
 
 
 def test_zoo_rows_without_measuring() -> None:
+    from splitattn.cli.info import zoo_rows
     from splitattn.errors import InputError
-    from splitattn.zoo import zoo_rows
 
     (row,) = zoo_rows("resnest14d", measure=False)
     assert row["model"] == "resnest14d" and "params" not in row and row["crop"] == 224

@@ -14,7 +14,7 @@ import torch
 
 import splitattn
 from conftest import randomize_stats
-from splitattn.inference import optimize_for_inference
+from splitattn.deploy.fold import optimize_for_inference
 from splitattn.layers.split_attn import SplitAttn, radix_weighted_sum
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -26,46 +26,51 @@ from splitattn.data import (
 from splitattn.data.augment import PCALighting
 from splitattn.data.synthetic import make_synthetic_imagefolder
 from splitattn.engine.sampler import GlobalBatchSampler
-from splitattn.errors import ConfigError
-from splitattn.evaluate import shard_dataset
-from splitattn.models.registry import get_model_cfg
+from splitattn.errors import ConfigError, InputError
+from splitattn.evaluation.evaluate import shard_dataset
+from splitattn.models import get_model_cfg, get_pretrained_cfg
 
 # PAPER.md: crop 224/256/320/416; eval resizes the short side to crop + 32 (ratio crop / (crop + 32)).
 PAPER_CROPS = {"resnest50": (224, 0.875), "resnest101": (256, 0.889), "resnest200": (320, 0.909),
                "resnest269": (416, 0.929)}
 
+R50 = get_pretrained_cfg("resnest50")  # the registry's timm-style pretrained_cfg dict
+
 
 @pytest.mark.parametrize("name", sorted(PAPER_CROPS))
 def test_eval_crop_matches_paper(name):
     crop, ratio = PAPER_CROPS[name]
-    e = resolve_data_config(name)
+    e = resolve_data_config(get_pretrained_cfg(name))
     assert e.crop_size == crop
     assert e.resize_size == crop + 32
     assert crop / e.resize_size == pytest.approx(ratio, abs=5e-4)
     assert e.interpolation == "bicubic"
     img = Image.fromarray(np.zeros((crop + 100, 2 * crop, 3), dtype=np.uint8))
-    assert create_eval_transform(name)(img).shape == (3, crop, crop)
+    assert create_eval_transform(get_pretrained_cfg(name))(img).shape == (3, crop, crop)
 
 
 def test_eval_crop_overrides():
-    e = resolve_data_config("resnest50", img_size=256, crop_pct=1.0)
+    e = resolve_data_config(R50, img_size=256, crop_pct=1.0)
     assert (e.crop_size, e.resize_size) == (256, 256)
     with pytest.raises(ValueError, match="crop_pct"):
-        resolve_data_config("resnest50", crop_pct=1.5)
+        resolve_data_config(R50, crop_pct=1.5)
     # 256 / 0.889 = 287.96: rounded to the paper's 288, not floored to 287
-    assert resolve_data_config("resnest50", img_size=256, crop_pct=0.889).resize_size == 288
-    tf = create_eval_transform("resnest50", img_size=64, crop_pct=0.5)
+    assert resolve_data_config(R50, img_size=256, crop_pct=0.889).resize_size == 288
+    tf = create_eval_transform(R50, img_size=64, crop_pct=0.5)
     assert tf(Image.fromarray(np.zeros((300, 200, 3), dtype=np.uint8))).shape == (3, 64, 64)
 
 
 def test_resolve_data_config_sources_and_round_trip():
     cfg101 = get_model_cfg("resnest101")
-    by_name = resolve_data_config("resnest101")
+    by_name = resolve_data_config(get_pretrained_cfg("resnest101"))
     assert by_name == resolve_data_config(cfg101) == DataConfig(256, cfg101.crop_pct, "bicubic", cfg101.mean,
                                                                  cfg101.std)
-    assert resolve_data_config() == resolve_data_config("resnest50")
+    assert resolve_data_config() == resolve_data_config(R50)
+    # The data layer does not import the model registry: a name is refused, saying what to pass.
+    with pytest.raises(InputError, match=r"not the name 'resnest101'.*get_pretrained_cfg\('resnest101'\)"):
+        resolve_data_config("resnest101")
     model = torch.nn.Linear(2, 2)
-    assert resolve_data_config(model) == resolve_data_config("resnest50")  # no pretrained_cfg: defaults
+    assert resolve_data_config(model) == resolve_data_config(R50)  # no pretrained_cfg: defaults
     model.pretrained_cfg = cfg101
     assert resolve_data_config(model) == by_name
     # to_dict has the keys of the eval_cfg dicts stored in checkpoints; from_dict / resolve invert it
@@ -86,8 +91,8 @@ def test_resolve_data_config_sources_and_round_trip():
                                        ("mean", (0.5, 0.5)), ("std", (0.2, 0.0, 0.2)), ("std", "abc")])
 def test_resolve_data_config_bad_values_name_the_key(key, value):
     with pytest.raises(ConfigError, match=key):
-        resolve_data_config("resnest50", **{key: value})
-    d = resolve_data_config("resnest50").to_dict()
+        resolve_data_config(R50, **{key: value})
+    d = resolve_data_config(R50).to_dict()
     with pytest.raises(ConfigError, match=key):
         resolve_data_config({**d, key: value})
     del d[key]
@@ -98,7 +103,7 @@ def test_resolve_data_config_bad_values_name_the_key(key, value):
 def test_apply_data_config_records_run_preprocessing():
     model = splitattn.create_model("resnest14d", num_classes=2)
     registered = model.pretrained_cfg
-    dc = resolve_data_config("resnest50", img_size=160, crop_pct=0.95, interpolation="bilinear")
+    dc = resolve_data_config(R50, img_size=160, crop_pct=0.95, interpolation="bilinear")
     assert apply_data_config(model, dc.to_dict()) is model
     cfg = model.pretrained_cfg  # a new dict of timm's keys: the run's preprocessing over the registry's
     assert cfg["input_size"] == (3, 160, 160) and cfg["pool_size"] == (5, 5) and cfg["crop_pct"] == 0.95

@@ -9,8 +9,8 @@ import sys
 import torch
 
 from conftest import TINY_TRAIN_ARGS
-from splitattn.checkpoint import load_checkpoint
 from splitattn.data.synthetic import make_synthetic_imagefolder
+from splitattn.utils.checkpoint import load_checkpoint
 
 
 def _args(data, out, batch):

@@ -10,7 +10,12 @@ import torch
 
 import splitattn
 from splitattn.cli import main
-from splitattn.export import export_onnx, export_torchscript, onnx_max_abs_diff, torchscript_max_abs_diff
+from splitattn.deploy.export import (
+    export_onnx,
+    export_torchscript,
+    onnx_max_abs_diff,
+    torchscript_max_abs_diff,
+)
 
 # The 200- and 269-layer graphs take ~20-30 s each to export and load: marked slow so a quick run can
 # deselect them with -m "not slow"; they run by default.
@@ -30,7 +35,7 @@ def test_onnx_of_folded_model_and_batch_1(tmp_path: Path) -> None:
     import onnxruntime as ort
 
     model = splitattn.create_model("resnest50_fast_1s4x24d", num_classes=10).eval()
-    folded = splitattn.inference.optimize_for_inference(model, channels_last=False)
+    folded = splitattn.deploy.fold.optimize_for_inference(model, channels_last=False)
     path = export_onnx(folded, tmp_path / "folded.onnx", image_size=64)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].name == "input"

@@ -32,7 +32,7 @@ from splitattn.data import (
     segmentation_collate,
 )
 from splitattn.errors import BadImageError, DataError
-from splitattn.evaluate import evaluate_detection, evaluate_segmentation
+from splitattn.evaluation.evaluate import evaluate_detection, evaluate_segmentation
 
 KINDS = ["imagefolder", "coco", "ade20k", "cityscapes"]
 GREY16 = np.array([[0, 257, 32896, 65535]] * 2, dtype=np.uint16)  # -> 0, 1, 128, 255 when scaled

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from splitattn import download as dl
 from splitattn.errors import ConfigError, InputError, WeightsError
+from splitattn.models import _download as dl
 
 A = b"content of a" * 100
 B = b"content of b, which differs" * 50

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN_ARGS
-from splitattn.checkpoint import load_checkpoint
 from splitattn.cli import main
 from splitattn.data.synthetic import make_synthetic_imagefolder
+from splitattn.utils.checkpoint import load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -98,7 +98,7 @@ def test_a_bad_resume_changes_nothing_on_disk(data, tmp_path, capsys):
 
 
 def test_full_disk_keeps_the_last_good_checkpoint(data, tmp_path, capsys, monkeypatch):
-    import splitattn.fileio as fileio
+    import splitattn.utils.fileio as fileio
 
     run = tmp_path / "run"
     real_save, calls = torch.save, []

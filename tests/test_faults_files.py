@@ -27,15 +27,16 @@ import torch
 from safetensors.torch import save_file
 
 import splitattn
-from splitattn import download as dl
-from splitattn import fileio
-from splitattn.checkpoint import find_latest_checkpoint, load_checkpoint, quarantine, save_checkpoint
 from splitattn.engine.rng import get_rng_state
 from splitattn.errors import CheckpointError, MissingFileError, WeightsError
-from splitattn.models.registry import get_model_cfg
-from splitattn.models.spec import ARG_RANGES, arg_checks
-from splitattn.predict import export_weights, load_for_inference
-from splitattn.weights import load_pretrained, read_state_dict
+from splitattn.evaluation.predict import export_weights, load_for_inference
+from splitattn.models import _download as dl
+from splitattn.models._pretrained import load_pretrained
+from splitattn.models._registry import get_model_cfg
+from splitattn.models._spec import ARG_RANGES, arg_checks
+from splitattn.models._weights import read_state_dict
+from splitattn.utils import fileio
+from splitattn.utils.checkpoint import find_latest_checkpoint, load_checkpoint, quarantine, save_checkpoint
 
 CLASSES = ["ant", "bee", "cow"]
 KWARGS = {"stem_width": 8, "base_width": 8}
@@ -79,7 +80,7 @@ def _no_download(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"a file made splitattn download {args}")
 
     monkeypatch.setattr(dl, "download", refuse)
-    monkeypatch.setattr(splitattn.weights, "download", refuse)
+    monkeypatch.setattr(splitattn.models._pretrained, "download", refuse)
 
 
 def _expect(error: type[Exception], path: Path, fn: Callable[[], Any], match: str = "") -> str:

@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN_ARGS
-from splitattn.checkpoint import load_checkpoint, save_checkpoint
 from splitattn.cli import main
 from splitattn.data.synthetic import make_synthetic_imagefolder
 from splitattn.engine.resume import check_entries
 from splitattn.errors import CheckpointError
+from splitattn.utils.checkpoint import load_checkpoint, save_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 NEW_RUN = "start a new run (another --output, or --overwrite)"

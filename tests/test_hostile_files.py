@@ -32,10 +32,10 @@ from safetensors.torch import save_file
 
 import splitattn
 from conftest import put_hf_repo
-from splitattn.checkpoint import find_latest_checkpoint, load_checkpoint
 from splitattn.cli import main
 from splitattn.errors import CheckpointError, SplitAttnError, WeightsError
-from splitattn.predict import load_for_inference
+from splitattn.evaluation.predict import load_for_inference
+from splitattn.utils.checkpoint import find_latest_checkpoint, load_checkpoint
 
 KWARGS = {"stem_width": 8, "base_width": 8}
 

@@ -22,7 +22,7 @@ import torch
 import splitattn
 from conftest import put_hf_repo, randomize_stats
 from splitattn.errors import InputError, MissingDependencyError, MissingFileError, WeightsError
-from splitattn.models import registry
+from splitattn.models import _registry as registry
 
 timm = pytest.importorskip("timm")
 huggingface_hub = pytest.importorskip("huggingface_hub")

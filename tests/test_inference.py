@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 import splitattn
-from splitattn.errors import InputError
-from splitattn.inference import (
+from splitattn.deploy.fold import (
     EvalOnlyError,
     FusedBottleneck,
     FusedStage,
@@ -20,6 +19,7 @@ from splitattn.inference import (
     fuse_conv_bn,
     optimize_for_inference,
 )
+from splitattn.errors import InputError
 from splitattn.layers import FrozenBatchNorm2d, FusedConv2d
 from splitattn.layers.fused_conv import onednn_fast_path_available
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import splitattn
 from conftest import randomize_stats
-from splitattn.inference import EVAL_ONLY_MESSAGE, EvalOnlyError, FoldedBatchNorm, optimize_for_inference
+from splitattn.deploy.fold import EVAL_ONLY_MESSAGE, EvalOnlyError, FoldedBatchNorm, optimize_for_inference
 from splitattn.layers import FusedConv2d
 from splitattn.layers.fused_conv import onednn_fast_path_available
 

@@ -9,9 +9,9 @@ from torch import nn
 import splitattn
 from conftest import ALL_MODELS
 from splitattn.errors import ConfigError, InputError
-from splitattn.flops import count_macs, count_params
 from splitattn.layers import DropBlock2d
 from splitattn.models import FeatureDictNet, FeatureListNet, ResNeStBottleneck, set_drop_block_prob
+from splitattn.utils.flops import count_macs, count_params
 
 # PAPER.md's zoo table: exact parameter counts and GMACs at each model's crop size (fvcore, MAC = 1).
 # resnest14d/26d are timm's (params measured on timm's models, GMACs from timm's model table).

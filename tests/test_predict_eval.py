@@ -1,4 +1,4 @@
-"""Evaluation, prediction, weight export and metrics of the library (splitattn.evaluate/predict/metrics)."""
+"""Evaluation, prediction, weight export and metrics of the library (:mod:`splitattn.evaluation`)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import splitattn
-from splitattn.checkpoint import load_checkpoint, save_checkpoint
 from splitattn.cli import main
 from splitattn.data.preprocessing import DataConfig
 from splitattn.data.transforms import create_eval_transform
+from splitattn.engine.plot import plot_run
 from splitattn.errors import BadImageError, CheckpointError, InputError, WeightsError
-from splitattn.evaluate import evaluate_folder, shard_dataset, unwrap_model
-from splitattn.metrics import SegmentationMetric, topk_hits
-from splitattn.models.spec import ModelSpec
-from splitattn.plot import plot_run
-from splitattn.predict import export_weights, load_for_inference, predict_images
+from splitattn.evaluation.evaluate import evaluate_folder, shard_dataset, unwrap_model
+from splitattn.evaluation.metrics import SegmentationMetric, topk_hits
+from splitattn.evaluation.predict import export_weights, load_for_inference, predict_images
+from splitattn.models._spec import ModelSpec
+from splitattn.utils.checkpoint import load_checkpoint, save_checkpoint
 
 CLASSES = ["ant", "bee", "cow"]
 KWARGS = {"stem_width": 8, "base_width": 8}

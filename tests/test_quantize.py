@@ -1,4 +1,5 @@
-"""INT8 (splitattn.quantize, ONNX QDQ) and bf16 CPU inference: accuracy on real digits, persistence, refusals.
+"""INT8 (splitattn.deploy.quantization, ONNX QDQ) and bf16 CPU inference: accuracy on real digits,
+persistence, refusals.
 
 One small ResNeSt-14 is trained on scikit-learn's digits once (the demo's model, ~15 s), quantized and
 compiled once; the zoo models are quantized without compiling (the reference graph), which checks the
@@ -18,19 +19,18 @@ import torch
 import torch.nn.functional as F
 
 import splitattn
+import splitattn.deploy.quantization as qmod  # noqa: E402
 from conftest import randomize_stats
 from splitattn.cli import main
 from splitattn.data.digits import build_digits_imagefolder
 from splitattn.data.imagefolder import ImageFolderDataset
 from splitattn.data.preprocessing import DataConfig
 from splitattn.data.transforms import create_eval_transform
+from splitattn.deploy.export import export_onnx_int8, onnx_predict
+from splitattn.deploy.fold import optimize_for_inference
 from splitattn.errors import EvalOnlyError, InputError, MissingDependencyError, MissingFileError, WeightsError
-from splitattn.export import export_onnx_int8, onnx_predict
-from splitattn.inference import optimize_for_inference
 from splitattn.layers.split_attn import SplitAttn
-from splitattn.models.spec import ModelSpec
-
-qmod = importlib.import_module("splitattn.quantize")  # the module (splitattn.quantize is the function)
+from splitattn.models._spec import ModelSpec
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
                                    reason="torchao is not installed (pip install 'splitattn[int8]')")

@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 from splitattn.cli import main
 from splitattn.data import CocoDetection, make_shapes_ade, make_shapes_coco
 from splitattn.engine import load_config
-from splitattn.metrics import SegmentationMetric, coco_evaluate, to_coco_results
+from splitattn.evaluation.metrics import SegmentationMetric, coco_evaluate, to_coco_results
 
 
 @pytest.fixture(scope="module")

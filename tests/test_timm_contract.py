@@ -19,8 +19,8 @@ import torch
 import splitattn
 from splitattn.data.preprocessing import apply_data_config, resolve_data_config
 from splitattn.errors import ConfigError, InputError
-from splitattn.models import registry
-from splitattn.models.features import FeatureGetterNet, FeatureInfo, features_only_model
+from splitattn.models import _registry as registry
+from splitattn.models._features import FeatureGetterNet, FeatureInfo, features_only_model
 
 timm = pytest.importorskip("timm")
 pytest.importorskip("timm.data")

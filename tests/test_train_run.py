@@ -9,10 +9,10 @@ import torch
 
 import splitattn
 from conftest import TINY_TRAIN_ARGS
-from splitattn.checkpoint import load_checkpoint
 from splitattn.cli import main
 from splitattn.data.synthetic import make_synthetic_imagefolder
 from splitattn.engine import read_metrics
+from splitattn.utils.checkpoint import load_checkpoint
 
 SMALL = [*TINY_TRAIN_ARGS, "--set", "crop_pct=1.0"]
 

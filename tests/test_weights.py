@@ -17,8 +17,8 @@ import torch
 
 import splitattn
 from conftest import randomize_stats
-from splitattn.models import registry
-from splitattn.weights import WeightsError, read_state_dict
+from splitattn.models import _registry as registry
+from splitattn.models._weights import WeightsError, read_state_dict
 
 
 @pytest.fixture

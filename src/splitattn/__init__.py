@@ -5,8 +5,8 @@ The library: models (:func:`create_model`, the detection and segmentation models
 The training application is :mod:`splitattn.engine`; the command line is :mod:`splitattn.cli`.
 """
 
-from .attention import attention_maps
 from .data.preprocessing import DataConfig, resolve_data_config
+from .deploy import load_quantized, optimize_for_inference, quantize
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -16,12 +16,19 @@ from .errors import (
     TrainingDivergedError,
     WeightsError,
 )
-from .factory import create_model
-from .hub import save_pretrained
-from .inference import optimize_for_inference
-from .models import ModelCfg, ResNeSt, get_model_cfg, list_models, set_drop_block_prob
-from .quantize import load_quantized, quantize
-from .weights import load_pretrained, save_weights
+from .explain import attention_maps
+from .models import (
+    ModelCfg,
+    ResNeSt,
+    create_model,
+    get_model_cfg,
+    get_pretrained_cfg,
+    list_models,
+    load_pretrained,
+    save_pretrained,
+    save_weights,
+    set_drop_block_prob,
+)
 
 __version__ = "0.1.0"
 
@@ -40,6 +47,7 @@ __all__ = [
     "attention_maps",
     "create_model",
     "get_model_cfg",
+    "get_pretrained_cfg",
     "list_models",
     "load_pretrained",
     "load_quantized",

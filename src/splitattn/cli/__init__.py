@@ -14,6 +14,8 @@ import logging
 import sys
 import traceback
 
+from ._console import make_console  # noqa: F401  (splitattn.cli.make_console, for scripts)
+
 # Sub-command modules, in the order `splitattn --help` lists them.
 COMMAND_MODULES = [
     "info",
@@ -25,17 +27,8 @@ COMMAND_MODULES = [
     "explain",
     "export_weights",
     "detect_segment",
-    "bench",
     "export",
 ]
-
-
-def make_console():
-    """A rich Console; wide when output is not a terminal so tables are not cut to 80 columns."""
-    from rich.console import Console
-
-    probe = Console()
-    return probe if probe.is_terminal else Console(width=200)
 
 
 def build_parser() -> argparse.ArgumentParser:

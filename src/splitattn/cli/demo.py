@@ -8,7 +8,7 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from ..engine.config import parse_override
     from ..engine.demo import run_demo
-    from . import make_console
+    from ._console import make_console
 
     overrides = dict(parse_override(text) for text in args.overrides)
     if args.epochs:

@@ -20,7 +20,7 @@ def _config(args: argparse.Namespace):
 
 
 def _print(metrics: dict, title: str) -> None:
-    from . import make_console
+    from ._console import make_console
 
     console = make_console()
     console.print(f"[bold]{title}[/bold]")

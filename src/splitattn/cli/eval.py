@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..evaluate import evaluate_folder
-from . import make_console
+from ..evaluation.evaluate import evaluate_folder
+from ._console import make_console
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..explain import DEFAULT_SCALES
+from ..explain.explanations import DEFAULT_SCALES
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..explain import explain_images, load_explain_model
+    from ..explain.explanations import explain_images, load_explain_model
 
     target = load_explain_model(args.model, args.weights, args.pretrained, args.ema)
     if target.random:

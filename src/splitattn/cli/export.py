@@ -7,14 +7,14 @@ import time
 from typing import Any
 
 from ..errors import InputError
-from . import make_console
+from ._console import make_console
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import create_model
     from ..data.preprocessing import resolve_data_config
-    from ..export import export_onnx, export_torchscript, onnx_max_abs_diff, torchscript_max_abs_diff
-    from ..inference import optimize_for_inference
+    from ..deploy.export import export_onnx, export_torchscript, onnx_max_abs_diff, torchscript_max_abs_diff
+    from ..deploy.fold import optimize_for_inference
 
     console = make_console()
     pretrained: bool | str = False
@@ -55,8 +55,8 @@ def _run_int8(args: argparse.Namespace, model: Any, size: int, console: Any) -> 
     import torch.nn.functional as F
 
     from ..data.preprocessing import resolve_data_config
-    from ..export import export_onnx_int8, onnx_predict
-    from ..quantize import calibration_batches, quantize
+    from ..deploy.export import export_onnx_int8, onnx_predict
+    from ..deploy.quantization import calibration_batches, quantize
 
     if args.format == "torchscript":
         raise InputError("--int8 writes --format onnx (QDQ, for onnxruntime), --format int8 (safetensors, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..predict import export_weights
+from ..evaluation.predict import export_weights
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,12 +7,45 @@ import json
 import sys
 from typing import Any
 
-from ..zoo import zoo_rows
-from . import make_console
+from ..errors import InputError
+from ..models import create_model, get_model_cfg, list_models
+from ..utils.flops import count_macs, count_params
+from ._console import make_console
+
+
+def zoo_rows(pattern: str = "*", measure: bool = True) -> list[dict[str, Any]]:
+    """One dict per model matching ``pattern`` (shell-style, e.g. ``"resnest50*"``).
+
+    Args:
+        pattern: which models.
+        measure: build each model (random init) and count its parameters and GMACs (batch 1, at its
+            ``input_size``; a multiply-add counts once) into ``params`` / ``gmacs``.
+
+    Returns:
+        ``[{"model", "aliases", "crop", "crop_pct", "interpolation", "paper_top1", "weights", "url",
+        "params_table", "gmacs_table"[, "params", "gmacs"]}]``; the ``*_table`` figures are the config's.
+    """
+    names = list_models(pattern)
+    if not names:
+        raise InputError(f"no model matches {pattern!r}; `splitattn info` lists them all")
+    rows = []
+    for name in names:
+        cfg = get_model_cfg(name)
+        row: dict[str, Any] = dict(
+            model=name, aliases=list(cfg.aliases), crop=cfg.crop_size, crop_pct=cfg.crop_pct,
+            interpolation=cfg.interpolation, paper_top1=cfg.top1, weights=cfg.file_name, url=cfg.url,
+            params_table=cfg.params, gmacs_table=cfg.gmacs,
+        )
+        if measure:
+            model = create_model(name)
+            row["params"] = count_params(model)
+            row["gmacs"] = round(count_macs(model, cfg.input_size) / 1e9, 3)
+        rows.append(row)
+    return rows
 
 
 def render_table(rows: list[dict[str, Any]], console: Any = None) -> None:
-    """Print :func:`~splitattn.zoo.zoo_rows` as a rich table (measured figures where present)."""
+    """Print :func:`zoo_rows` as a rich table (measured figures where present)."""
     from rich.table import Table
 
     console = console or make_console()

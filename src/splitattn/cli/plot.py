@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..plot import plot_run
+from ..engine.plot import plot_run
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..predict import load_for_inference, predict_images
-from . import make_console
+from ..evaluation.predict import load_for_inference, predict_images
+from ._console import make_console
 
 
 def run(args: argparse.Namespace) -> int:

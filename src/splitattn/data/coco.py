@@ -19,7 +19,7 @@ from torchvision import datasets, tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DataError, MissingFileError, require
-from ..validation import short_repr
+from ..utils.validation import short_repr
 from .imagefolder import SKIP_HINT, load_rgb, read_or_skip
 
 Where = tuple[Path, str]  # (json file, "annotation 12 (annotations[3])"): the place named in messages

@@ -1,6 +1,6 @@
 """Dataset constants shared by the models' configs and the data pipeline (the one definition of each).
 
-This module imports nothing from splitattn, so :mod:`splitattn.models.registry` can import it.
+The data layer sits below the models, which take their default normalisation from here.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..fileio import atomic_write_text
+from ..utils.fileio import atomic_write_text
 
 
 def build_digits_imagefolder(root: str | os.PathLike, size: int = 32, val_fraction: float = 0.2,

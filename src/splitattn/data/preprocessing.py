@@ -1,7 +1,9 @@
 """The one resolver of evaluation preprocessing (crop, crop ratio, interpolation, mean/std), as timm's
-``resolve_data_config``: from a model name, a model's timm-style ``pretrained_cfg`` dict, a
-:class:`~splitattn.models.registry.ModelCfg`, or the ``eval_cfg`` dict stored in checkpoints, with
-keyword overrides.
+``resolve_data_config``: from a model's timm-style ``pretrained_cfg`` dict (for a model name, the
+registry's: ``resolve_data_config(get_pretrained_cfg(name))``), a model, a legacy ``ModelCfg``, or the
+``eval_cfg`` dict stored in checkpoints, with keyword overrides.
+
+The data layer sits below the models: nothing here imports :mod:`splitattn.models`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from ..errors import ConfigError, InputError
+from .constants import IMAGENET_MEAN, IMAGENET_STD
 
 INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
                   "nearest": InterpolationMode.NEAREST}
 
-DEFAULT_MODEL = "resnest50"
 
 
 def _triple(key: str, value: Any) -> tuple[float, float, float]:
@@ -96,46 +98,57 @@ class DataConfig:
         return cls(d["img_size"], d["crop_pct"], d["interpolation"], d["mean"], d["std"])
 
 
+DEFAULT_DATA_CONFIG = DataConfig(224, 0.875, "bicubic", IMAGENET_MEAN, IMAGENET_STD)
+"""What a model without a data config preprocesses with: resnest50's (timm's defaults for ResNeSt)."""
+
+
+def _is_model_cfg(cfg: Any) -> bool:
+    """A legacy ``ModelCfg`` (the registry's dataclass), known by its fields: this layer cannot import it."""
+    return dataclasses.is_dataclass(cfg) and not isinstance(cfg, (type, DataConfig)) and all(
+        hasattr(cfg, k) for k in ("input_size", "crop_size", "crop_pct", "interpolation", "mean", "std"))
+
+
 def _model_cfg_to_data_config(cfg: Any) -> DataConfig:
     return DataConfig(cfg.crop_size, cfg.crop_pct, cfg.interpolation, cfg.mean, cfg.std)
 
 
 def _model_data_config(model: Any) -> DataConfig:
-    """From ``model.pretrained_cfg``: a timm-style dict (keys it lacks take resnest50's values, as
-    timm's resolver falls back to its defaults), a legacy ModelCfg, or none (the defaults)."""
-    from ..models.registry import ModelCfg, get_pretrained_cfg
-
+    """From ``model.pretrained_cfg``: a timm-style dict (keys it lacks take the defaults, as timm's
+    resolver falls back to its own), a legacy ModelCfg, or none (the defaults)."""
     cfg = getattr(model, "pretrained_cfg", None)
-    if isinstance(cfg, ModelCfg):
+    if _is_model_cfg(cfg):
         return _model_cfg_to_data_config(cfg)
-    defaults = get_pretrained_cfg(DEFAULT_MODEL)
     if cfg is None:
-        return DataConfig.from_dict(defaults)
+        return DEFAULT_DATA_CONFIG
     if not isinstance(cfg, Mapping):
         raise InputError(f"{type(model).__name__}.pretrained_cfg must be a dict of timm's keys, got "
                          f"{type(cfg).__name__}")
-    keys = ("input_size", "crop_pct", "interpolation", "mean", "std")
-    return DataConfig.from_dict({k: defaults[k] if cfg.get(k) is None else cfg[k] for k in keys})
+    defaults = DEFAULT_DATA_CONFIG.to_dict()
+    present = {k: cfg[k] for k in ("input_size", "crop_pct", "interpolation", "mean", "std")
+               if cfg.get(k) is not None}
+    if "input_size" in present:
+        defaults.pop("img_size")
+    return DataConfig.from_dict({**defaults, **present})
 
 
 def _base_config(source: Any) -> DataConfig:
-    from ..models.registry import ModelCfg, get_pretrained_cfg
-
     if source is None:
-        return DataConfig.from_dict(get_pretrained_cfg(DEFAULT_MODEL))
+        return DEFAULT_DATA_CONFIG
     if isinstance(source, DataConfig):
         return source
     if isinstance(source, str):
-        return DataConfig.from_dict(get_pretrained_cfg(source))  # an alias gets timm's values
-    if isinstance(source, ModelCfg):
+        raise InputError(f"resolve_data_config takes a model, a pretrained_cfg dict or a DataConfig, not the "
+                         f"name {source!r}: for a registered model's values pass "
+                         f"splitattn.get_pretrained_cfg({source!r})")
+    if _is_model_cfg(source):
         return _model_cfg_to_data_config(source)
     if isinstance(source, Mapping):
         return DataConfig.from_dict(source)
     if isinstance(source, nn.Module) or hasattr(source, "pretrained_cfg"):
         return _model_data_config(source)
-    raise InputError(f"cannot read a data config from a {type(source).__name__}; pass a model name, a "
-                     "pretrained_cfg dict, a ModelCfg, a DataConfig, a dict from DataConfig.to_dict() or "
-                     "a model")
+    raise InputError(f"cannot read a data config from a {type(source).__name__}; pass a pretrained_cfg "
+                     "dict (splitattn.get_pretrained_cfg(name) for a model name), a ModelCfg, a DataConfig, "
+                     "a dict from DataConfig.to_dict() or a model")
 
 
 def resolve_data_config(
@@ -150,8 +163,7 @@ def resolve_data_config(
     """The eval preprocessing of ``source``, with the keyword overrides that are not ``None``.
 
     Args:
-        source: ``None`` (resnest50's defaults), a model name (an alias, timm's name, gets timm's
-            values for it), a ``ModelCfg``, a :class:`DataConfig`, a dict from
+        source: ``None`` (the defaults, resnest50's), a ``ModelCfg``, a :class:`DataConfig`, a dict from
             :meth:`DataConfig.to_dict` (the ``eval_cfg`` of checkpoints) or a timm-style
             ``pretrained_cfg`` dict, or a model with ``pretrained_cfg`` (a module without one gets the
             defaults).
@@ -185,11 +197,9 @@ def apply_data_config(model: nn.Module, data_cfg: DataConfig | Mapping[str, Any]
     Raises:
         InputError: ``model`` has no ``pretrained_cfg``.
     """
-    from ..models.registry import ModelCfg
-
     base = getattr(model, "pretrained_cfg", None)
     d = resolve_data_config(data_cfg)
-    if isinstance(base, ModelCfg):
+    if _is_model_cfg(base):
         model.pretrained_cfg = dataclasses.replace(
             base, input_size=(base.input_size[0], d.crop_size, d.crop_size), crop_pct=d.crop_pct,
             interpolation=d.interpolation, mean=d.mean, std=d.std)
@@ -209,4 +219,4 @@ def apply_data_config(model: nn.Module, data_cfg: DataConfig | Mapping[str, Any]
     return model
 
 
-__all__ = ["DataConfig", "INTERPOLATIONS", "apply_data_config", "resolve_data_config"]
+__all__ = ["DEFAULT_DATA_CONFIG", "DataConfig", "INTERPOLATIONS", "apply_data_config", "resolve_data_config"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..fileio import atomic_write_text
+from ..utils.fileio import atomic_write_text
 
 
 def make_synthetic_imagefolder(root: str | os.PathLike, num_classes: int = 3, train_per_class: int = 8,

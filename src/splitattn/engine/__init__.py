@@ -3,7 +3,6 @@
 The library (everything in ``splitattn`` outside ``engine`` and ``cli``) never imports this package.
 """
 
-from ..plot import read_metrics
 from .config import (
     ClassificationConfig,
     DetectionConfig,
@@ -13,6 +12,7 @@ from .config import (
     parse_override,
     save_config,
 )
+from .plot import read_metrics
 from .progress import EpochProgress, MetricsLogger
 from .tasks import ClassificationTask, DetectionTask, SegmentationTask, Task, create_task
 from .trainer import Trainer, evaluate_checkpoint, train

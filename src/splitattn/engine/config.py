@@ -23,8 +23,8 @@ from typing import Any, Literal
 import yaml
 
 from ..errors import ConfigError, MissingFileError
-from ..fileio import atomic_write_text
-from ..validation import short_repr
+from ..utils.fileio import atomic_write_text
+from ..utils.validation import short_repr
 
 log = logging.getLogger("splitattn")
 

@@ -16,7 +16,12 @@ from typing import Any
 
 import torch
 
+from ..data.digits import build_digits_imagefolder
+from ..evaluation.evaluate import evaluate_folder
+from ..evaluation.predict import export_weights, load_for_inference, predict_images
+from ..explain.explanations import explain_images, load_explain_model, scale_shift
 from .config import load_config
+from .plot import plot_run
 from .trainer import train
 
 TARGET_TOP1 = 97.0
@@ -39,10 +44,6 @@ def run_demo(out: str | os.PathLike, overrides: dict[str, Any] | None = None,
     """
     from rich.console import Console
 
-    from ..data.digits import build_digits_imagefolder
-    from ..evaluate import evaluate_folder
-    from ..plot import plot_run
-    from ..predict import export_weights, load_for_inference, predict_images
 
     console = console or Console()
     if "OMP_NUM_THREADS" not in os.environ:
@@ -119,7 +120,6 @@ def demo_photos(folder: Path) -> list[Path]:
 def explain_demo(run_dir: Path, digits: list[Path], out: Path, console: Any) -> None:
     """Step 6: ``splitattn explain`` on the trained model (a few val digits) and on a real photo through a
     randomly initialised resnest50, printing the scale test's numbers and where the figures are."""
-    from ..explain import explain_images, load_explain_model, scale_shift
 
     ckpt = run_dir / "best.ckpt" if (run_dir / "best.ckpt").is_file() else run_dir / "last.ckpt"
     runs = [(load_explain_model(weights=ckpt), [str(d) for d in digits], out / "digits"),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from ..validation import short_repr
+from ..utils.validation import short_repr
 from .rng import rng_state_problem
 
 NEW_RUN = "start a new run (another --output, or --overwrite)"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..validation import short_repr
+from ..utils.validation import short_repr
 
 
 def seed_everything(seed: int) -> None:

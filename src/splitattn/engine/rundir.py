@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..fileio import atomic_write_text, remove_stale_temp_files
+from ..utils.fileio import atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger("splitattn")
 

@@ -28,13 +28,22 @@ from ..data.transforms import (
     segmentation_collate,
 )
 from ..errors import CheckpointError, ConfigError, DataError
-from ..evaluate import evaluate_classifier, evaluate_detection, evaluate_segmentation, shard_dataset
-from ..factory import create_model
-from ..models import set_drop_block_prob
-from ..models.detection import create_detection_model
-from ..models.segmentation import create_segmentation_model, segmentation_loss
-from ..models.spec import RECORD_KEY, ModelSpec, read_spec
-from ..validation import Invalid
+from ..evaluation.evaluate import (
+    evaluate_classifier,
+    evaluate_detection,
+    evaluate_segmentation,
+    shard_dataset,
+)
+from ..models import (
+    create_detection_model,
+    create_model,
+    create_segmentation_model,
+    get_pretrained_cfg,
+    segmentation_loss,
+    set_drop_block_prob,
+)
+from ..models._spec import RECORD_KEY, ModelSpec, read_spec
+from ..utils.validation import Invalid
 from .config import ClassificationConfig, DetectionConfig, RunConfig, SegmentationConfig
 from .schedule import WarmupSchedule, drop_block_prob_at
 
@@ -156,7 +165,7 @@ class ClassificationTask(Task):
     def __init__(self, cfg: ClassificationConfig) -> None:
         super().__init__(cfg)
         self.data_cfg = resolve_data_config(
-            cfg.model, img_size=cfg.eval_img_size or cfg.img_size, crop_pct=cfg.crop_pct,
+            get_pretrained_cfg(cfg.model), img_size=cfg.eval_img_size or cfg.img_size, crop_pct=cfg.crop_pct,
             interpolation=cfg.interpolation, mean=cfg.mean, std=cfg.std)
         self.classes: list[str] = []
         self.mixup: Callable | None = None

@@ -24,10 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from ..amp import autocast, make_grad_scaler
-from ..checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
 from ..data.seeded import SeededDataset
-from ..distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_dist
 from ..errors import (
     CheckpointError,
     ConfigError,
@@ -36,6 +33,9 @@ from ..errors import (
     TrainingDivergedError,
     worker_error,
 )
+from ..utils.amp import autocast, make_grad_scaler
+from ..utils.checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from ..utils.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_dist
 from .config import RunConfig, save_config
 from .interrupt import StopRequest
 from .progress import EpochProgress, MetricsLogger

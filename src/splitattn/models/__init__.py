@@ -1,13 +1,16 @@
-"""The ResNeSt family, its registry, the feature extractor, and the detection / segmentation models."""
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
+"""The ResNeSt family (:mod:`.resnest`, its variants in :mod:`.resnest_cfgs`), the detection and
+segmentation models built on it, and the model machinery in private modules: the registry
+(:mod:`._registry`), the model record (:mod:`._spec`), the factory (:mod:`._factory`), weights files
+(:mod:`._weights`), URL downloads (:mod:`._download`, :mod:`._urlopen`), the Hugging Face Hub and model
+folders (:mod:`._hub`), feature extraction (:mod:`._features`) and timm's model contract
+(:mod:`._timm_api`)."""
 
 from . import resnest_cfgs  # noqa: F401  (registers the variants)
-from .features import FeatureDictNet, FeatureListNet
-from .registry import (
+from ._factory import build_model, create_model
+from ._features import FeatureDictNet, FeatureListNet
+from ._hub import save_pretrained
+from ._pretrained import load_pretrained
+from ._registry import (
     ModelCfg,
     get_model_cfg,
     get_model_class,
@@ -16,48 +19,50 @@ from .registry import (
     register_model,
     resolve_name,
 )
+from ._weights import save_weights
+from .backbone import ResNeStBackbone, ResNeStFPN, ShapeSpec, build_resnest_backbone
+from .cascade import AgnosticBoxPredictor, CascadeRoIHeads
+from .detection import (
+    BOX_HEADS,
+    DETECTION_MODELS,
+    create_detection_model,
+    list_detection_models,
+    make_box_head,
+)
 from .resnest import ResNeSt, ResNeStBottleneck, set_drop_block_prob, set_grad_checkpointing
-
-# Loaded on first use: the dense-task modules build through splitattn.factory, which imports this package.
-_LAZY = {
-    "ResNeStBackbone": "backbone",
-    "ResNeStFPN": "backbone",
-    "ShapeSpec": "backbone",
-    "build_resnest_backbone": "backbone",
-    "AgnosticBoxPredictor": "cascade",
-    "CascadeRoIHeads": "cascade",
-    "BOX_HEADS": "detection",
-    "DETECTION_MODELS": "detection",
-    "create_detection_model": "detection",
-    "list_detection_models": "detection",
-    "make_box_head": "detection",
-    "SEGMENTATION_MODELS": "segmentation",
-    "create_segmentation_model": "segmentation",
-    "segmentation_loss": "segmentation",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from .segmentation import SEGMENTATION_MODELS, create_segmentation_model, segmentation_loss
 
 __all__ = [
+    "BOX_HEADS",
+    "DETECTION_MODELS",
+    "SEGMENTATION_MODELS",
+    "AgnosticBoxPredictor",
+    "CascadeRoIHeads",
     "FeatureDictNet",
     "FeatureListNet",
     "ModelCfg",
     "ResNeSt",
+    "ResNeStBackbone",
     "ResNeStBottleneck",
+    "ResNeStFPN",
+    "ShapeSpec",
+    "build_model",
+    "build_resnest_backbone",
+    "create_detection_model",
+    "create_model",
+    "create_segmentation_model",
     "get_model_cfg",
     "get_model_class",
     "get_pretrained_cfg",
+    "list_detection_models",
     "list_models",
+    "load_pretrained",
+    "make_box_head",
     "register_model",
     "resolve_name",
+    "save_pretrained",
+    "save_weights",
+    "segmentation_loss",
     "set_drop_block_prob",
     "set_grad_checkpointing",
-    *_LAZY,
 ]

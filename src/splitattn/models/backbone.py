@@ -20,9 +20,9 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import ConfigError
-from ..factory import create_model
 from ..layers.norm import convert_norm, norm_name
-from .features import FeatureDictNet
+from ._factory import create_model
+from ._features import FeatureDictNet
 
 log = logging.getLogger("splitattn")
 

@@ -17,10 +17,10 @@ from ..errors import InputError
 from ..layers import DropBlock2d, SplitAttn, checkpoint, get_norm_layer
 from ..layers.norm import NormLayer, attention_norm_layer
 from ..layers.split_attn import batch_stats_attention_norm, check_int, check_rate, is_tracing
-from .registry import default_pretrained_cfg
+from ._registry import default_pretrained_cfg
 
 # _AvgMaxPool: models pickled before it moved name it here.
-from .timm_api import GLOBAL_POOLS, StemChannelsMixin, TimmModelMixin, _AvgMaxPool, device_dtype, make_pool  # noqa: F401
+from ._timm_api import GLOBAL_POOLS, StemChannelsMixin, TimmModelMixin, _AvgMaxPool, device_dtype, make_pool  # noqa: F401
 
 MIN_INPUT_SIZE = 32
 

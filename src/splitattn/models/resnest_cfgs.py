@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .registry import ModelCfg, register_model
+from ._registry import ModelCfg, register_model
 from .resnest import ResNeSt
 
 _OFFICIAL_URL = "https://github.com/zhanghang1989/ResNeSt/releases/download/weights_step1/{}-{}.pth"

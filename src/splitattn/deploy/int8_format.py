@@ -24,11 +24,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import WeightsError
-from .fileio import atomic_write
-from .models.spec import RECORD_KEY, ModelSpec, read_spec
-from .validation import Invalid, boolean, check_fields, choice, integer, number, sequence, text
-from .weights import read_safetensors
+from ..errors import WeightsError
+from ..models._spec import RECORD_KEY, ModelSpec, read_spec
+from ..models._weights import read_safetensors
+from ..utils.fileio import atomic_write
+from ..utils.validation import Invalid, boolean, check_fields, choice, integer, number, sequence, text
 
 FORMAT = "splitattn-int8"
 VERSION = 2

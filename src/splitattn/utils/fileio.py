@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import DiskFullError, SplitAttnError
+from ..errors import DiskFullError, SplitAttnError
 
 TMP_SUFFIX = ".tmp"
 _PROC_STATUS = "/proc/self/status"  # Linux: holds the umask ("Umask:\t0022") without changing it

@@ -2,11 +2,10 @@
 
 Nothing here executes pickled code: ``.pth`` files go through ``torch.load(weights_only=True)`` and a
 file that needs more than tensors and plain containers is refused. A file never drives the program: the
-model record a splitattn file carries (:class:`~splitattn.models.spec.ModelSpec`, metadata entry
+model record a splitattn file carries (:class:`~splitattn.models._spec.ModelSpec`, metadata entry
 ``splitattn.model``) is validated, checked against the file's own tensors, and a malformed file raises
-:class:`~splitattn.errors.WeightsError` naming it and the field. Downloads (:mod:`splitattn.download`) land
-in a cache directory and are checked against the release's SHA-256 prefix, or against the Hugging Face
-Hub's hash for the hub's mirror of a release; a cached download that does not load is moved aside.
+:class:`~splitattn.errors.WeightsError` naming it and the field. Where pretrained weights come from
+(release URL, Hugging Face mirror, path) is :mod:`._pretrained`.
 """
 
 from __future__ import annotations
@@ -24,20 +23,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .download import (
-    HashMismatchError,
-    cache_dir,
-    discard_download,
-    download,
-    hash_prefix_in_name,
-    hf_weights_file,
-    url_file_name,
-)
-from .errors import MissingDependencyError, WeightsError
-from .fileio import atomic_write, safe_torch_load
-from .models.registry import ModelCfg, get_pretrained_cfg
-from .models.spec import RECORD_KEY, ModelSpec, read_spec
-from .validation import Invalid
+from ..errors import WeightsError
+from ..utils.fileio import atomic_write, safe_torch_load
+from ..utils.validation import Invalid
+from ._registry import ModelCfg
+from ._spec import RECORD_KEY, ModelSpec, read_spec
 
 log = logging.getLogger("splitattn")
 
@@ -180,76 +170,6 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return w.to(weight.dtype)
 
 
-def release_weights(cfg: ModelCfg, progress: bool = True) -> Path:
-    """The released weights of ``cfg``: its URL (SHA-256 prefix checked), else the Hugging Face mirror.
-
-    The mirror is the hub repo timm hosts the same weights in (``get_pretrained_cfg(name)["hf_hub_id"]``),
-    checked against the hub's hash. It is tried when the release cannot be downloaded (no network to it,
-    an HTTP error, a timeout); a file whose hash is wrong is reported, not routed around.
-
-    Raises:
-        HashMismatchError: the release file (downloaded or cached) or the mirror's has the wrong hash.
-        WeightsError: neither source answered; the message names both and why.
-    """
-    hub_id = get_pretrained_cfg(cfg.name).get("hf_hub_id")
-    if not cfg.url and not hub_id:
-        raise WeightsError(f"no released weights are known for {cfg.name}; pass a path or URL")
-    failures = []
-    if cfg.url:
-        try:
-            return download(cfg.url, cfg.hash_prefix or None, progress)
-        except HashMismatchError:
-            raise
-        except WeightsError as e:
-            failures.append(f"the release {cfg.url} ({e})")
-    if hub_id:
-        try:
-            path = hf_weights_file(hub_id)
-        except HashMismatchError:
-            raise
-        except (WeightsError, MissingDependencyError) as e:
-            failures.append(f"its Hugging Face mirror hf-hub:{hub_id} ({e})")
-        else:
-            if failures:
-                log.warning("%s: %s; loaded the Hugging Face mirror hf-hub:%s instead", cfg.name, failures[0],
-                            hub_id)
-            return path
-    raise WeightsError(f"the weights of {cfg.name} could not be had from " + ", nor from ".join(failures)
-                       + "; download them by hand and pass pretrained=PATH")
-
-
-def is_url(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(("http://", "https://", "file://"))
-
-
-def resolve_weights(source: str | os.PathLike | bool, cfg: ModelCfg | None, progress: bool = True) -> Path:
-    """The local file of ``pretrained=source``: the release (``True``), a URL (downloaded) or a path."""
-    if source is True:
-        if cfg is None:
-            raise WeightsError("pretrained=True needs a registered model; pass a path or URL")
-        return release_weights(cfg, progress)
-    if is_url(source):
-        # The release file's prefix from the config, else torch.hub's <name>-<hex>.<ext> convention.
-        known = cfg is not None and cfg.hash_prefix and cfg.file_name == url_file_name(source)
-        return download(source, cfg.hash_prefix if known else hash_prefix_in_name(source), progress)
-    return Path(source)
-
-
-def read_pretrained(source: str | os.PathLike | bool, cfg: ModelCfg | None, progress: bool = True,
-                    ) -> WeightsFile:
-    """:func:`read_weights` of :func:`resolve_weights`; a download that does not load is moved aside."""
-    path = resolve_weights(source, cfg, progress)
-    try:
-        return read_weights(path, cfg)
-    except WeightsError as e:
-        downloaded = source is True or is_url(source)
-        if not downloaded or not path.resolve().is_relative_to(cache_dir().resolve()):
-            raise
-        moved = discard_download(path, str(e))
-        raise WeightsError(f"the cached download {path} did not load ({e}); moved aside to {moved.name}, so "
-                           "the next call downloads it again") from e
-
-
 def _fit_state_dict(sd: dict[str, torch.Tensor], model: nn.Module, cfg: Any, name: str, path: Path,
                     strict: bool, new_head: bool, new_stem: bool) -> dict[str, torch.Tensor]:
     """``sd`` adapted to ``model``; raises on what does not fit.
@@ -321,31 +241,6 @@ def check_same_function(spec: ModelSpec, name: str, path: Path) -> None:
             f"use create_model({spec.model_name!r})")
 
 
-def load_pretrained(
-    model: nn.Module,
-    source: str | os.PathLike | bool,
-    cfg: ModelCfg | None = None,
-    strict: bool = True,
-    progress: bool = True,
-) -> nn.Module:
-    """Load weights into ``model`` from ``True`` (the release in ``cfg``), a URL or a file.
-
-    The model is the caller's: its classifier keeps its init when the file has another class count
-    (logged), and RGB stem weights are adapted to its ``in_chans``. With ``strict=False``, missing keys
-    keep their initialisation and mis-shaped ones are skipped (logged). ``cfg`` defaults to
-    ``model.model_cfg``.
-
-    Raises:
-        WeightsError: unreadable file, failed download, hash mismatch, weights recorded as another
-            architecture, or missing / unexpected / mis-shaped keys (the first few of each are named).
-    """
-    cfg = cfg if cfg is not None else getattr(model, "model_cfg", None)
-    weights = read_pretrained(source, cfg, progress)
-    if weights.spec is not None and cfg is not None:
-        check_same_function(weights.spec, cfg.name, weights.path)
-    return load_state_dict_into(model, weights, cfg, strict, new_head=True, new_stem=True)
-
-
 def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None,
                  spec: ModelSpec | None = None) -> Path:
     """Write ``model``'s state dict as safetensors, atomically, with its model record as metadata.
@@ -370,6 +265,5 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
 
 
-__all__ = ["WeightsFile", "adapt_input_conv", "check_same_function", "file_problem", "load_pretrained",
-           "load_state_dict_into", "read_pretrained", "read_safetensors", "read_state_dict", "read_weights",
-           "release_weights", "resolve_weights", "save_weights", "state_dict_of"]
+__all__ = ["WeightsFile", "adapt_input_conv", "check_same_function", "file_problem", "load_state_dict_into",
+           "read_safetensors", "read_state_dict", "read_weights", "save_weights", "state_dict_of"]

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from ..layers.norm import norm_name
-from ..validation import (
+from ..utils.validation import (
     Check,
     Invalid,
     boolean,
@@ -37,7 +37,7 @@ from ..validation import (
     sequence,
     text,
 )
-from .registry import get_model_cfg, get_model_class, resolve_name
+from ._registry import get_model_cfg, get_model_class, resolve_name
 
 FORMAT_VERSION = 1
 RECORD_KEY = "splitattn.model"

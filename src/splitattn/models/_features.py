@@ -20,8 +20,8 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from ..layers.split_attn import is_tracing, uses_batch_stats
+from ._timm_api import STAGE_HINT, DefaultCfgMixin, StemChannelsMixin, feature_take_indices
 from .resnest import check_input, set_grad_checkpointing, stem_dtype
-from .timm_api import STAGE_HINT, DefaultCfgMixin, StemChannelsMixin, feature_take_indices
 
 DEFAULT_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 _MODEL_PARTS = ("in_chans", "feature_info", "conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3",

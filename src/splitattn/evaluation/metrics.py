@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError, require
+from ..errors import InputError, require
 
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

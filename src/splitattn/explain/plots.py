@@ -12,15 +12,13 @@ import re
 import textwrap
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from .errors import require
-from .fileio import atomic_write
-
-if TYPE_CHECKING:
-    from .explain import ExplainTarget, ImageExplanation
+from ..errors import require
+from ..utils.fileio import atomic_write
+from .records import ExplainTarget, ImageExplanation
 
 MAX_LABELLED_BLOCKS = 24
 """Above this many blocks only the first and every tenth block of each stage are labelled on the axis."""

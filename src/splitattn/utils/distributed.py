@@ -9,7 +9,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError, SplitAttnError
+from ..errors import ConfigError, SplitAttnError
 
 DEFAULT_TIMEOUT_MIN = 10.0
 

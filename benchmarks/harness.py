@@ -19,7 +19,6 @@ import json
 import statistics
 import tempfile
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .amp import autocast, make_grad_scaler
-from .cpu_features import cpu_description
-from .errors import InputError
-from .fileio import atomic_write_text
-from .flops import count_macs
-from .layers.split_attn import SplitAttn, _radix_weighted_sum
-from .roofs import load_roofs, measure_roofs, roof_columns, roof_rates, row_format
+from roofs import load_roofs, measure_roofs, roof_columns, roof_rates, row_format
+from splitattn.deploy.cpu_features import cpu_description
+from splitattn.errors import InputError
+from splitattn.utils.amp import autocast, make_grad_scaler
+from splitattn.utils.fileio import atomic_write_text
+from splitattn.utils.flops import count_macs
 
 DEFAULT_MODELS = ("splitattn:resnest50", "timm:resnest50d", "official:resnest50", "tv:resnet50",
                   "timm:resnet50d")
@@ -44,13 +42,12 @@ REF_RESNET = "tv:resnet50"
 
 _VARIANTS = {"": "", "opt": " (optimized)", "fold": " (BN folded only)",
              "ckpt": " (grad checkpointing)", "ckpt-attn": " (attention recompute)",
-             "wsum-old": " (weighted sum: old backward)", "wsum-plain": " (weighted sum: plain autograd)",
              "int8": " (INT8)", "bf16": " (bf16)", "bf16-compile": " (bf16, compiled)"}
 # Inference rows in another precision (splitattn.quantize / a bf16 model), CPU INT8 on any source but onnx.
 LOW_PRECISION = ("int8", "bf16", "bf16-compile")
 INFER_ONLY = ("opt", "fold", *LOW_PRECISION)
 TRAIN_ONLY = ("ckpt", "ckpt-attn")
-SPLITATTN_ONLY = ("opt", "fold", "ckpt-attn", "wsum-old", "wsum-plain")
+SPLITATTN_ONLY = ("opt", "fold", "ckpt-attn")
 
 
 def _default_device() -> str:
@@ -106,7 +103,7 @@ def build_model(spec: str, num_classes: int = 1000) -> nn.Module:
     """Build ``source:name`` (randomly initialised; weights do not change speed)."""
     source, _, name = spec.partition(":")
     if source in ("splitattn", "onnx"):
-        from .factory import create_model
+        from splitattn.models._factory import create_model
 
         return create_model(name, num_classes=num_classes)
     if source == "timm":
@@ -130,9 +127,6 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     Variants: ``+opt`` / ``+fold``: optimize_for_inference with / without the fused convs (inference
     only); ``+ckpt``: ``set_grad_checkpointing(True)`` (training only; splitattn and timm models);
     ``+ckpt-attn``: ``set_grad_checkpointing("attn")`` (training only; splitattn models);
-    ``+wsum-old`` / ``+wsum-plain``: the Split-Attention weighted sum run by the previous hand-written
-    backward (once-differentiable) / by autograd over plain ops, the A/B references of the current one
-    (splitattn models; inference, which needs no backward, runs the same ops in all three);
     ``+int8``: :func:`splitattn.quantize` calibrated on random batches of the row's input (CPU; for
     ``onnx:`` rows the QDQ model of :func:`~splitattn.export.export_onnx_int8`); ``+bf16``: bf16 weights
     and inputs, through ``optimize_for_inference(dtype=torch.bfloat16)`` for splitattn models;
@@ -144,7 +138,7 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     base, _, variant = rest.partition("+")
     if variant not in _VARIANTS or layout not in ("", "cl", "nchw"):
         raise InputError(f"bad model spec {spec!r}: expected SOURCE:NAME[+opt|+fold|+ckpt|+ckpt-attn|"
-                         "+wsum-old|+wsum-plain|+int8|+bf16|+bf16-compile][@cl|@nchw]")
+                         "+int8|+bf16|+bf16-compile][@cl|@nchw]")
     source = base.partition(":")[0]
     if source == "onnx" and variant not in ("", "int8"):
         raise InputError(f"bad model spec {spec!r}: onnx: rows take no variant but +int8 (QDQ INT8)")
@@ -153,66 +147,6 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     if variant == "ckpt" and source not in ("splitattn", "timm"):
         raise InputError(f"bad model spec {spec!r}: +ckpt applies to splitattn: and timm: models only")
     return base, variant, layout or None
-
-
-class _OldRadixWeightedSum(torch.autograd.Function):
-    """The weighted sum's previous backward (once-differentiable, ``ctx`` in ``forward``): the A/B reference
-    of :class:`splitattn.layers.split_attn._RadixWeightedSum`, kept for ``+wsum-old`` rows only."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
-        ctx.save_for_backward(x, attn)
-        ctx.radix = radix
-        return _radix_weighted_sum(x, attn, radix)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        x, attn = ctx.saved_tensors
-        r = ctx.radix
-        b, rc, h, w = x.shape
-        c = rc // r
-        nhwc = x.is_contiguous(memory_format=torch.channels_last)
-        if nhwc:
-            g = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).unsqueeze(3)
-            xv = x.permute(0, 2, 3, 1).view(b, h, w, r, c)
-            av = attn.view(b, 1, 1, r, c)
-            hw_dims = (1, 2)
-        else:
-            g = grad.contiguous().unsqueeze(1)
-            xv = x.view(b, r, c, h, w)
-            av = attn.view(b, r, c, 1, 1)
-            hw_dims = (3, 4)
-        grad_x = grad_attn = None
-        if ctx.needs_input_grad[0]:
-            gx = g * av
-            grad_x = gx.permute(0, 3, 4, 1, 2).reshape(b, rc, h, w) if nhwc else gx.view(b, rc, h, w)
-        if ctx.needs_input_grad[1]:
-            grad_attn = (xv * g).sum(hw_dims).reshape(b, rc)
-        return grad_x, grad_attn, None
-
-
-def _old_weighted_sum(x: torch.Tensor, attn: torch.Tensor, radix: int) -> torch.Tensor:
-    if radix > 1 and torch.is_grad_enabled() and (x.requires_grad or attn.requires_grad):
-        return _OldRadixWeightedSum.apply(x, attn, radix)
-    return _radix_weighted_sum(x, attn, radix)
-
-
-def _tail_with(weighted_sum: Callable[..., torch.Tensor], mod: SplitAttn, x: torch.Tensor) -> torch.Tensor:
-    # SplitAttn.tail with another weighted sum.
-    x = mod.act0(mod.drop(mod.bn0(x)))
-    return weighted_sum(x, mod.attention(x), mod.radix)
-
-
-def use_weighted_sum(model: nn.Module, variant: str) -> nn.Module:
-    """``model`` with every SplitAttn's weighted sum replaced for a ``+wsum-old`` / ``+wsum-plain`` row
-    (per instance, so the other rows of the same run keep the library's); other variants: unchanged."""
-    fn = {"wsum-old": _old_weighted_sum, "wsum-plain": _radix_weighted_sum}.get(variant)
-    if fn is not None:
-        for m in model.modules():
-            if isinstance(m, SplitAttn):
-                m.tail = types.MethodType(lambda mod, x, fn=fn: _tail_with(fn, mod, x), m)
-    return model
 
 
 @dataclass
@@ -254,7 +188,7 @@ def _infer_fn(model: nn.Module, variant: str, x: torch.Tensor, cfg: BenchConfig,
               channels_last: bool) -> Callable[[], torch.Tensor]:
     m = model.eval()
     if variant in INFER_ONLY:
-        from .inference import optimize_for_inference
+        from splitattn.deploy.fold import optimize_for_inference
 
         m = optimize_for_inference(model, channels_last=channels_last, fuse=variant == "opt")
     m = m.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -274,7 +208,7 @@ def _train_fns(base: str, variant: str, x: torch.Tensor, y: torch.Tensor, cfg: B
     """``(train step, forward + loss only)`` of a fresh model of ``base``."""
     device = x.device
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    tm = use_weighted_sum(build_model(base), variant).to(device).to(memory_format=fmt).train()
+    tm = build_model(base).to(device).to(memory_format=fmt).train()
     if variant in TRAIN_ONLY:
         tm.set_grad_checkpointing(True if variant == "ckpt" else "attn")
     opt = torch.optim.SGD(tm.parameters(), lr=1e-4, momentum=0.9)
@@ -307,7 +241,7 @@ def make_runner(spec: str, cfg: BenchConfig, modes: list[str]) -> Runner:
     y = torch.randint(0, 1000, (cfg.batch_size,), generator=gen).to(device)
     x = x.to(device).contiguous(memory_format=fmt)
     label = base + (f"@{layout}" if layout else "") + _VARIANTS[variant]
-    model = use_weighted_sum(build_model(base), variant).to(device)
+    model = build_model(base).to(device)
     runner = Runner(label, sum(p.numel() for p in model.parameters()), channels_last,
                     gmacs=count_macs(model, (3, cfg.img_size, cfg.img_size)) / 1e9
                     if "infer" in modes and variant not in TRAIN_ONLY else None,
@@ -336,7 +270,7 @@ def _low_precision_fn(base: str, model: nn.Module, variant: str, x: torch.Tensor
                       channels_last: bool) -> Callable[[], torch.Tensor]:
     """A ``+int8`` (:func:`splitattn.quantize`, compiled) or ``+bf16`` inference closure."""
     if variant == "int8":
-        from .quantize import quantize
+        from splitattn.deploy.quantization import quantize
 
         if cfg.device != "cpu":
             raise InputError("+int8 rows run on the CPU (oneDNN INT8); drop them or use --device cpu")
@@ -345,7 +279,7 @@ def _low_precision_fn(base: str, model: nn.Module, variant: str, x: torch.Tensor
         return lambda: qmodel(x_nchw)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if base.startswith("splitattn:"):
-        from .inference import optimize_for_inference
+        from splitattn.deploy.fold import optimize_for_inference
 
         m = optimize_for_inference(model, channels_last=channels_last, dtype=torch.bfloat16)
     else:
@@ -373,8 +307,8 @@ def _low_precision_fn(base: str, model: nn.Module, variant: str, x: torch.Tensor
 
 
 def _onnx_runner(model: nn.Module, cfg: BenchConfig, int8: bool = False) -> Callable[[], Any]:
-    from .errors import require
-    from .export import export_onnx, export_onnx_int8
+    from splitattn.deploy.export import export_onnx, export_onnx_int8
+    from splitattn.errors import require
 
     ort: Any = require("onnxruntime", "export", "the onnx: benchmark rows")
     if cfg.device != "cpu":
@@ -555,4 +489,4 @@ def write_outputs(rows: list[dict[str, Any]], csv_path: str | None = None, json_
 
 __all__ = ["BenchConfig", "DEFAULT_MODELS", "REF_RESNEST", "REF_RESNET", "Runner", "build_model",
            "expand_specs", "make_runner", "parse_spec", "render", "run_benchmark", "saved_activation_mb",
-           "time_steps", "use_weighted_sum", "write_outputs"]
+           "time_steps", "write_outputs"]

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from .cpu_features import ISA_FLAGS, cpu_description, cpu_flags
-from .errors import DataError, InputError, MissingFileError
+from splitattn.deploy.cpu_features import ISA_FLAGS, cpu_description, cpu_flags
+from splitattn.errors import DataError, InputError, MissingFileError
 
 __all__ = ["FORMATS", "emulation_reason", "gemm_kernels", "load_roofs", "measure_format", "measure_roofs",
            "roof_columns", "roof_rates", "row_format", "timed_size"]

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -19,17 +19,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .amp import autocast
-from .data.imagefolder import ImageFolderDataset, collate_skip_bad
-from .data.preprocessing import resolve_data_config
-from .data.transforms import create_eval_transform, detection_collate, segmentation_collate
-from .distributed import all_reduce_sum, is_dist
-from .errors import DataError, InputError, MissingFileError, SplitAttnError, worker_error
+from ..data.coco import CocoDetection
+from ..data.imagefolder import ImageFolderDataset, collate_skip_bad
+from ..data.preprocessing import resolve_data_config
+from ..data.transforms import create_eval_transform, detection_collate, segmentation_collate
+from ..deploy.fold import optimize_for_inference
+from ..deploy.quantization import calibration_batches, int8_support_problem, quantize
+from ..errors import DataError, InputError, MissingFileError, SplitAttnError, worker_error
+from ..utils.amp import autocast
+from ..utils.distributed import all_reduce_sum, is_dist
 from .metrics import SegmentationMetric, coco_evaluate, to_coco_results, topk_hits
 from .predict import imagenet_classes, load_for_inference
-
-if TYPE_CHECKING:
-    from .data.coco import CocoDetection
 
 log = logging.getLogger("splitattn")
 
@@ -292,11 +292,9 @@ def evaluate_folder(weights: str, data: str, model_name: str | None = None, img_
 def _low_precision(model: nn.Module, precision: str, data_cfg: Any, val_dir: Path, calibration: str | None,
                    calibration_images: int) -> tuple[nn.Module, torch.dtype | None, dict[str, Any]]:
     """``(model in bf16 or INT8, its input dtype, what to report)`` for :func:`evaluate_folder`."""
-    from .inference import optimize_for_inference
 
     if precision == "bf16":
         return optimize_for_inference(model, dtype=torch.bfloat16), torch.bfloat16, {}
-    from .quantize import calibration_batches, int8_support_problem, quantize
 
     folder = Path(calibration) if calibration else val_dir.parent / "train"
     if not calibration and not folder.is_dir():

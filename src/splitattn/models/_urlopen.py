@@ -12,7 +12,7 @@ import urllib.request
 from typing import IO, Any
 from urllib.parse import urljoin, urlparse
 
-from .errors import WeightsError
+from ..errors import WeightsError
 
 MAX_REDIRECTS = 5
 

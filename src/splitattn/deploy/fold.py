@@ -33,11 +33,11 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .errors import EvalOnlyError, InputError
-from .layers.drop import DropBlock2d
-from .layers.fused_conv import FusedConv2d
-from .layers.split_attn import SplitAttn
-from .models.resnest import ResNeStBottleneck
+from ..errors import EvalOnlyError, InputError
+from ..layers.drop import DropBlock2d
+from ..layers.fused_conv import FusedConv2d
+from ..layers.split_attn import SplitAttn
+from ..models.resnest import ResNeStBottleneck
 
 __all__ = [
     "EVAL_ONLY_MESSAGE", "EvalOnlyError", "FoldedBatchNorm", "FusedBottleneck", "FusedStage",

@@ -21,7 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .fileio import atomic_write
+from ..errors import InputError, require
+from ..utils.fileio import atomic_write
+from .fold import optimize_for_inference
+from .quantization import default_reduce_range
 
 log = logging.getLogger("splitattn")
 
@@ -137,14 +140,11 @@ def export_onnx_int8(
     Returns:
         The written path.
     """
-    from .errors import InputError, require
 
     ort_quant: Any = require("onnxruntime.quantization", "export", "INT8 ONNX export")
     methods = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
     if method not in methods:
         raise InputError(f"method must be one of {sorted(methods)}, got {method!r}")
-    from .inference import optimize_for_inference
-    from .quantize import default_reduce_range
 
     reduce_range = default_reduce_range(
         reduce_range, "the INT8 ONNX model gets 7-bit weights so that onnxruntime's kernels do not saturate "

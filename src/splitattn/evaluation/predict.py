@@ -17,15 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import CKPT_SUFFIX, load_checkpoint, require_entries
-from .data.imagefolder import load_rgb
-from .data.transforms import create_eval_transform
-from .errors import CheckpointError, InputError, MissingFileError, WeightsError
-from .factory import build_model, model_from_weights
-from .models.registry import resolve_name
-from .models.spec import ModelSpec, read_spec
-from .validation import Invalid
-from .weights import classifier_rows, file_problem, read_weights, save_weights, state_dict_of
+from ..data.imagefolder import load_rgb
+from ..data.transforms import create_eval_transform
+from ..errors import CheckpointError, InputError, MissingFileError, WeightsError
+from ..models._factory import build_model, model_from_weights
+from ..models._registry import resolve_name
+from ..models._spec import ModelSpec, read_spec
+from ..models._weights import classifier_rows, file_problem, read_weights, save_weights, state_dict_of
+from ..utils.checkpoint import CKPT_SUFFIX, load_checkpoint, require_entries
+from ..utils.validation import Invalid
 
 WEIGHTS_SUFFIX = ".safetensors"
 

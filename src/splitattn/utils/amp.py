@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 AMP_MODES = ("bf16", "fp16", "off")
 

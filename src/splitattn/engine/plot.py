@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, MissingFileError, require
-from .fileio import atomic_write
+from ..errors import InputError, MissingFileError, require
+from ..utils.fileio import atomic_write
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

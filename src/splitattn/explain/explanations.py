@@ -5,7 +5,7 @@ across channels, its entropy), a channels x splits heat map of the last block of
 of the predicted class at each stage, and the scale test of SKNet (Li et al. 2019, Sec. 4.3): the image
 zoomed in by each scale ``s`` (the centre ``1/s`` of the model's view resized back to its input size, so
 the object grows by ``s``) and the change in attention between scales. The figures are drawn by
-:mod:`splitattn.explain_plots`.
+:mod:`splitattn.explain.plots`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,35 +25,19 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
+from ..data.imagefolder import load_rgb
+from ..data.preprocessing import INTERPOLATIONS, DataConfig, resolve_data_config
+from ..errors import InputError, MissingFileError
+from ..evaluation.predict import imagenet_classes, load_for_inference
+from ..models import create_model
+from ..utils.fileio import atomic_write_text
 from .attention import attention_summary, capture_attention, split_attention_modules
-from .data.imagefolder import load_rgb
-from .data.preprocessing import INTERPOLATIONS, DataConfig, resolve_data_config
-from .errors import InputError, MissingFileError
-from .fileio import atomic_write_text
+from .plots import caption, plot_attention, plot_channels, plot_grad_cam, plot_scales, save
+from .records import RANDOM_NOTE, ExplainTarget, ImageExplanation
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 DEFAULT_SCALES = (1.0, 1.5, 2.0)
 MIN_SCALE, MAX_SCALE = 0.25, 8.0
-RANDOM_NOTE = "random weights: the attention shows the architecture, not learned behaviour"
-
-
-@dataclass
-class ExplainTarget:
-    """A classifier to explain and how to describe it in captions.
-
-    Attributes:
-        model: a ResNeSt classifier in eval mode, ``(1, 3, H, W) -> (1, K)``.
-        classes: its ``K`` class names.
-        name: the model name.
-        weights: where its weights come from (a file, "released ImageNet weights") or :data:`RANDOM_NOTE`.
-        random: whether the weights are random.
-    """
-
-    model: nn.Module
-    classes: list[str]
-    name: str
-    weights: str
-    random: bool
 
 
 def load_explain_model(model_name: str | None = None, weights: str | os.PathLike | None = None,
@@ -73,9 +56,6 @@ def load_explain_model(model_name: str | None = None, weights: str | os.PathLike
         InputError: neither ``model_name`` nor ``weights``, ``pretrained`` with ``weights``, a model that is
             not a ResNeSt classifier, or one without Split-Attention (radix 0), naming the model and file.
     """
-    from .factory import create_model
-    from .predict import imagenet_classes, load_for_inference
-
     if weights is not None:
         if pretrained:
             raise InputError("--pretrained loads the released weights; it cannot be combined with --weights")
@@ -196,17 +176,6 @@ def _prediction(logits: torch.Tensor, classes: Sequence[str], path: str) -> dict
     return {"class": classes[i], "index": i, "confidence": float(probs[i])}
 
 
-@dataclass
-class ImageExplanation:
-    """What :func:`explain_image` measured: the JSON record and the arrays the figures draw."""
-
-    record: dict[str, Any]
-    views: list[torch.Tensor]  # (H, W, 3) in [0, 1], one per scale
-    maps: OrderedDict[str, torch.Tensor]  # scale 1.0: name -> (R, C)
-    cams: OrderedDict[str, torch.Tensor]  # stage -> (H, W)
-    stage_shapes: dict[str, tuple[int, int]]  # stage -> (h, w) of its map
-
-
 def explain_image(target: ExplainTarget, image: Image.Image, path: str, scales: Sequence[float],
                   ) -> ImageExplanation:
     """Attention, Grad-CAM and the scale test of one image (see the module docstring).
@@ -296,8 +265,6 @@ def explain_images(target: ExplainTarget, images: Sequence[str | os.PathLike], o
         InputError: a scale out of range.
         MissingDependencyError: matplotlib is not installed.
     """
-    from .explain_plots import caption, plot_attention, plot_channels, plot_grad_cam, plot_scales, save
-
     scales = check_scales(scales)
     decoded = _load_images(images, math.ceil(resolve_data_config(target.model).resize_size * max(scales)))
     out = Path(out_dir)
@@ -325,6 +292,6 @@ def scale_shift(record: dict[str, Any]) -> dict[float, float]:
             / max(1, sum(len(v) for v in s["delta_mean"].values())) for s in record["scales"]}
 
 
-__all__ = ["DEFAULT_SCALES", "RANDOM_NOTE", "STAGES", "ExplainTarget", "ImageExplanation", "check_scales",
+__all__ = ["DEFAULT_SCALES", "STAGES", "check_scales",
            "explain_image", "explain_images", "grad_cam", "load_explain_model", "scale_shift",
            "scale_transform", "to_display"]

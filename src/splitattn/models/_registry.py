@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from ..data.constants import IMAGENET_MEAN, IMAGENET_STD
+from ..data.preprocessing import DEFAULT_DATA_CONFIG as _DEFAULT
 from ..errors import ConfigError, InputError
 
 
@@ -116,8 +117,9 @@ def default_pretrained_cfg(
                           f"use {', '.join(PRETRAINED_CFG_KEYS)}")
     size = tuple(int(v) for v in input_size)
     cfg: dict[str, Any] = dict(
-        custom_load=False, input_size=size, fixed_input_size=False, interpolation="bicubic",
-        crop_pct=0.875, crop_mode="center", mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000,
+        custom_load=False, input_size=size, fixed_input_size=False, interpolation=_DEFAULT.interpolation,
+        crop_pct=_DEFAULT.crop_pct, crop_mode="center", mean=_DEFAULT.mean, std=_DEFAULT.std,
+        num_classes=1000,
         pool_size=tuple(math.ceil(s / reduction) for s in size[1:]), first_conv="conv1.0", classifier="fc",
     )
     cfg.update(values)

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputError
-from .layers.split_attn import SplitAttn, radix_softmax
+from ..errors import InputError
+from ..layers.split_attn import SplitAttn, radix_softmax
 
 
 def split_attention_modules(model: nn.Module) -> list[tuple[str, SplitAttn]]:

@@ -17,26 +17,21 @@ from typing import Any
 
 from torch import nn
 
-from .data.preprocessing import apply_data_config
-from .errors import InputError, WeightsError
-from .hub import ModelSource, hf_source, local_dir_source, parse_model_name
-from .models.features import check_out_indices, features_only_model
-from .models.registry import (
+from ..data.preprocessing import apply_data_config
+from ..errors import InputError, WeightsError
+from . import resnest_cfgs  # noqa: F401  (registers the variants create_model builds)
+from ._features import check_out_indices, features_only_model
+from ._hub import ModelSource, hf_source, local_dir_source, parse_model_name
+from ._pretrained import is_url, read_pretrained
+from ._registry import (
     get_model_cfg,
     get_model_class,
     get_pretrained_cfg,
     list_models,
     resolve_name,
 )
-from .models.spec import ModelSpec
-from .weights import (
-    WeightsFile,
-    check_same_function,
-    classifier_rows,
-    is_url,
-    load_state_dict_into,
-    read_pretrained,
-)
+from ._spec import ModelSpec
+from ._weights import WeightsFile, check_same_function, classifier_rows, load_state_dict_into
 
 _SET_BY_CREATE_MODEL = ("num_classes", "in_chans", "output_stride")
 _DEFAULT_OUTPUT_STRIDE = 32

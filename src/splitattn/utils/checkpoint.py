@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, MissingFileError
+from ..errors import CheckpointError, MissingFileError
 from .fileio import atomic_torch_save, safe_torch_load
 
 CKPT_SUFFIX = ".ckpt"

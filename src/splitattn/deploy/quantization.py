@@ -34,13 +34,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.imagefolder import IMG_EXTENSIONS, load_rgb
+from ..data.preprocessing import resolve_data_config
+from ..data.transforms import create_eval_transform
+from ..errors import EvalOnlyError, InputError, MissingDependencyError, MissingFileError, require
+from ..layers.split_attn import SplitAttn
+from ..models._factory import build_model
+from ..models._spec import ModelSpec
+from ..models._weights import file_problem
+from ..utils.fileio import atomic_write
 from .cpu_features import cpu_flags
-from .errors import EvalOnlyError, InputError, MissingDependencyError, MissingFileError, require
-from .factory import build_model
-from .fileio import atomic_write
 from .int8_format import FORMAT, VERSION, bind_graph_state, read_int8_file, write_int8_file
-from .models.spec import ModelSpec
-from .weights import file_problem
 
 __all__ = [
     "INT8_FLAGS", "QuantizedModel", "calibration_batches", "check_int8_support", "cpu_flags",
@@ -168,7 +172,6 @@ def _calibration_stream(calibration: Iterable[Any], max_batches: int | None) -> 
 
 def _attention_modules(model: nn.Module) -> list[str]:
     """Names of the Split-Attention ``fc1``/``fc2`` convs (the attention MLP on the pooled vector)."""
-    from .layers.split_attn import SplitAttn
 
     return [f"{name}.{fc}" if name else fc for name, m in model.named_modules() if isinstance(m, SplitAttn)
             for fc in ("fc1", "fc2")]
@@ -246,7 +249,6 @@ def _model_spec(model: nn.Module) -> ModelSpec | None:
     """The record of a splitattn model with its eval preprocessing, or None (a torchvision model...)."""
     if getattr(model, "model_cfg", None) is None:
         return None
-    from .data.preprocessing import resolve_data_config
 
     try:
         return ModelSpec.from_model(model, data_config=resolve_data_config(model).to_dict())
@@ -481,8 +483,6 @@ def calibration_batches(folder: str | os.PathLike, data_cfg: Any, num_images: in
     Raises:
         MissingFileError: ``folder`` does not exist. InputError: it holds no image.
     """
-    from .data.imagefolder import IMG_EXTENSIONS, load_rgb
-    from .data.transforms import create_eval_transform
 
     root = Path(folder)
     if not root.is_dir():
