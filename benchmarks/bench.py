@@ -27,7 +27,7 @@ from splitattn.errors import SplitAttnError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags that fill a :class:`~splitattn.benchmark.BenchConfig` (plus ``--csv`` / ``--json``)."""
+    """The flags that fill a :class:`harness.BenchConfig` (plus ``--csv`` / ``--json``)."""
     default = BenchConfig()
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
                    metavar="SOURCE:NAME[+VARIANT][@cl|@nchw]",

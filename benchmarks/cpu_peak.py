@@ -1,5 +1,5 @@
 """Measured multiply-add rate of this CPU's fp32, bf16 and INT8 matrix multiplies: the roofs that
-``splitattn bench --roofs FILE`` divides each row's GMAC/s by (1 MAC = one multiply-add).
+``benchmarks/bench.py --roofs FILE`` divides each row's GMAC/s by (1 MAC = one multiply-add).
 
 A short fp32 warm-up, then per format one small probe GEMM; a format whose probe is far below what the
 CPU's flags promise (a reference loop: bf16 without AVX512-BF16, ...) is reported ``"emulated"`` with the
@@ -27,7 +27,7 @@ from splitattn.utils.fileio import atomic_write_text
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=BenchConfig().threads, help="CPU threads (as the bench)")
-    p.add_argument("--out", default=None, help="write the result as JSON (for splitattn bench --roofs)")
+    p.add_argument("--out", default=None, help="write the result as JSON (for benchmarks/bench.py --roofs)")
     args = p.parse_args()
     print(f"{cpu_description()}, {args.threads} threads, torch {torch.__version__}")
     t0 = time.perf_counter()

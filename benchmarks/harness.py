@@ -1,4 +1,4 @@
-"""Side-by-side throughput of splitattn, timm, the official ResNeSt and torchvision (``splitattn bench``).
+"""Side-by-side throughput of splitattn, timm, the official ResNeSt and torchvision (``benchmarks/bench.py``).
 
 All models live in one process and are timed in interleaved rounds (round r times every model once, so
 machine load drifts hit them alike); warm-up steps are excluded; a model's throughput is its median
@@ -7,7 +7,7 @@ round, and a ratio is the median over rounds of the paired per-round ratios. Row
 (torchvision) or ``onnx`` (the splitattn model in onnxruntime, CPU, inference only). Output columns
 follow timm's ``benchmark.py`` (``infer_samples_per_sec``, ``infer_step_time`` in ms, ...). Inference
 rows also give the model's multiply-adds per image (``gmacs``), their rate (``infer_gmac_per_s``) and,
-given the CPU's GEMM roofs (:mod:`splitattn.roofs`), the fraction of the roof of the row's format
+given the CPU's GEMM roofs (:mod:`roofs`), the fraction of the roof of the row's format
 (``infer_roof_fraction``).
 """
 
@@ -128,7 +128,7 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     only); ``+ckpt``: ``set_grad_checkpointing(True)`` (training only; splitattn and timm models);
     ``+ckpt-attn``: ``set_grad_checkpointing("attn")`` (training only; splitattn models);
     ``+int8``: :func:`splitattn.quantize` calibrated on random batches of the row's input (CPU; for
-    ``onnx:`` rows the QDQ model of :func:`~splitattn.export.export_onnx_int8`); ``+bf16``: bf16 weights
+    ``onnx:`` rows the QDQ model of :func:`~splitattn.deploy.export.export_onnx_int8`); ``+bf16``: bf16 weights
     and inputs, through ``optimize_for_inference(dtype=torch.bfloat16)`` for splitattn models;
     ``+bf16-compile``: the same through ``torch.compile`` with inductor freezing, as the INT8 rows run.
     ``@cl`` / ``@nchw``: this row's memory format, overriding ``channels_last``, so that models can be

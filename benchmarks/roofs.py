@@ -1,13 +1,13 @@
 """The CPU's GEMM roofs (fp32, bf16, INT8 multiply-adds per second) and each bench row's fraction of them.
 
-:func:`measure_roofs` (``benchmarks/cpu_peak.py``, ``splitattn bench --measure-roofs``) times one square
+:func:`measure_roofs` (``benchmarks/cpu_peak.py``, ``benchmarks/bench.py --measure-roofs``) times one square
 GEMM per format through the kernels the bench rows run on: ``torch.mm`` in fp32 and bf16, and for INT8
 oneDNN's u8 x s8 linear (the kernel family of :func:`splitattn.quantize`'s convolutions) or
 ``torch._int_mm``. A small probe call first estimates each rate; a format whose probe is far below what the
 CPU's flags promise runs through a reference loop (e.g. bf16 without AVX512-BF16 on an AVX2 CPU), is marked
 ``"emulated"`` and not timed further (such a loop takes minutes at the timed size). The others get one
 timed measurement of about two seconds. One multiply-add (MAC) counts 1, as in
-:func:`splitattn.flops.count_macs`.
+:func:`splitattn.utils.flops.count_macs`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ dequantize -> conv -> (add) -> (ReLU) -> quantize chain into one oneDNN INT8 con
 Split-Attention softmax over the radix and the attention-weighted sum of the splits, whose inputs are
 dequantized.
 
-:meth:`QuantizedModel.save` writes tensors and JSON only (:mod:`splitattn.int8_format`): the program's
+:meth:`QuantizedModel.save` writes tensors and JSON only (:mod:`splitattn.deploy.int8_format`): the program's
 constants in safetensors, the float model's record, the quantization settings and each quantize op's scale
 and zero point. :func:`load_quantized` rebuilds the program from the architecture (export, prepare,
 convert) and binds the stored values into it, checking that it reads exactly the stored tensors: nothing
@@ -395,7 +395,7 @@ class QuantizedModel(nn.Module):
         return out[:b]
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the model as tensors and JSON (:mod:`splitattn.int8_format`), atomically; load it with
+        """Write the model as tensors and JSON (:mod:`splitattn.deploy.int8_format`), atomically; load it with
         :func:`load_quantized`. The file is about a quarter of the float weights' size."""
         return write_int8_file(path, self.graph_module, self.info, self.spec)
 

@@ -71,7 +71,7 @@ def evaluate_classifier(model: nn.Module, loader: Iterable[Any], device: torch.d
         model: classifier, ``(B, 3, H, W) -> (B, K)``; in eval mode during the loop, its mode restored.
         loader: yields ``(images (B, 3, H, W), targets (B,))`` or ``(images, targets, n_skipped)``.
         device: where to compute.
-        amp: autocast mode, ``"bf16"``, ``"fp16"`` or ``"off"`` (see :func:`splitattn.amp.autocast`).
+        amp: autocast mode, ``"bf16"``, ``"fp16"`` or ``"off"`` (see :func:`splitattn.utils.amp.autocast`).
         channels_last: feed NHWC tensors.
         progress: anything with ``update(n)`` (e.g. the engine's ``EpochProgress``), called per batch.
         input_dtype: cast the images to this dtype (``torch.bfloat16`` for a model converted by
@@ -227,7 +227,7 @@ def evaluate_folder(weights: str, data: str, model_name: str | None = None, img_
 
     Args:
         weights: a ``.ckpt`` of ``splitattn train`` or a weights file (see
-            :func:`~splitattn.predict.load_for_inference`).
+            :func:`~splitattn.evaluation.predict.load_for_inference`).
         data: the ImageFolder.
         model_name: the registered model (default: the one recorded in ``weights``).
         img_size: eval crop side (default: the model's).
@@ -238,7 +238,7 @@ def evaluate_folder(weights: str, data: str, model_name: str | None = None, img_
         precision: ``"fp32"``; ``"bf16"``: the model of ``optimize_for_inference(model,
             dtype=torch.bfloat16)`` on bf16 inputs; ``"int8"``: :func:`splitattn.quantize` (CPU only),
             calibrated on ``calibration_images`` images of ``calibration``; on a CPU without INT8 kernels
-            (see :func:`~splitattn.quantize.int8_support_problem`) its reference graph, with a warning.
+            (see :func:`~splitattn.deploy.quantization.int8_support_problem`) its reference graph, with a warning.
             For bf16 and int8 the fp32 model is evaluated first, on the same images.
         calibration: the folder of calibration images (default: the ``train`` folder next to the val
             folder).

@@ -5,7 +5,7 @@ across channels, its entropy), a channels x splits heat map of the last block of
 of the predicted class at each stage, and the scale test of SKNet (Li et al. 2019, Sec. 4.3): the image
 zoomed in by each scale ``s`` (the centre ``1/s`` of the model's view resized back to its input size, so
 the object grows by ``s``) and the change in attention between scales. The figures are drawn by
-:mod:`splitattn.explain.plots`.
+:mod:`splitattn.explain.explanations.plots`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def load_explain_model(model_name: str | None = None, weights: str | os.PathLike
     Args:
         model_name: a zoo model; alone it has random weights (seeded by ``seed``) unless ``pretrained``.
         weights: a ``.ckpt`` of ``splitattn train`` or a weights file, read by
-            :func:`splitattn.predict.load_for_inference` (``model_name`` then overrides the recorded one).
+            :func:`splitattn.evaluation.predict.load_for_inference` (``model_name`` then overrides the recorded one).
         pretrained: the released ImageNet weights of ``model_name`` (downloaded).
         ema: the EMA weights of a training checkpoint.
         seed: the random init's seed (the caller's RNG state is left as it was).
@@ -189,7 +189,7 @@ def explain_image(target: ExplainTarget, image: Image.Image, path: str, scales: 
     Returns:
         The record: ``{"image", "prediction", "blocks": {name: summary at 1.0}, "scales": [{"scale",
         "prediction", "blocks", "delta_mean": {name: [R] mean attention minus that at 1.0}}]}``, with the
-        summaries of :func:`splitattn.attention.attention_summary`.
+        summaries of :func:`splitattn.explain.attention.attention_summary`.
     """
     scales = check_scales(scales)
     model, cfg = target.model, resolve_data_config(target.model)

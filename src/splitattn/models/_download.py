@@ -11,7 +11,7 @@
   refused before reading, a body growing past it is cut off.
 * A web page (``Content-Type: text/html``, or a body starting like an HTML document: a login or error page
   answered with status 200) and a body shorter than its ``Content-Length`` are refused, never cached.
-* The body goes to a temp file in the cache folder (:func:`splitattn.fileio.atomic_write`), moved into
+* The body goes to a temp file in the cache folder (:func:`splitattn.utils.fileio.atomic_write`), moved into
   place only once complete and, when a hash is expected, matching it; every failure (timeout, size, hash,
   HTTP error, Ctrl-C) removes it. A cached file that then does not load is moved aside
   (:func:`discard_download`), so the next call downloads it again.

@@ -1,7 +1,7 @@
 """``create_model``: build a registered model, a Hugging Face Hub model or a saved folder, with weights.
 
 A model name is a registered name or alias (``"resnest50"``, timm's ``"resnest50d.in1k"``),
-``"hf-hub:owner/repo[@rev]"`` or ``"local-dir:PATH"`` (see :mod:`splitattn.hub`). Whatever the weights come
+``"hf-hub:owner/repo[@rev]"`` or ``"local-dir:PATH"`` (see :mod:`splitattn.models._hub`). Whatever the weights come
 with (a Hub or folder ``config.json``, a splitattn file's metadata, a classifier's shape) rebuilds the model
 they came from: its architecture arguments, ``in_chans`` and ``num_classes``, unless the caller gives them.
 """
@@ -54,7 +54,7 @@ def create_model(
         name: a registered name, e.g. ``"resnest50"`` or its timm alias ``"resnest50d"`` (a timm tag such as
             ``".in1k"`` is accepted; see :func:`list_models`); ``"hf-hub:timm/resnest50d.in1k"`` (a Hub repo
             in timm's format, ``@revision`` optional; needs ``huggingface_hub``); or ``"local-dir:PATH"``
-            (a folder of :func:`~splitattn.hub.save_pretrained` or timm's ``save_for_hf``).
+            (a folder of :func:`~splitattn.models._hub.save_pretrained` or timm's ``save_for_hf``).
         pretrained: ``False``; ``True`` for the released weights (the release URL, else its Hugging Face
             mirror, hash-checked either way; for ``hf-hub:`` / ``local-dir:`` names, that repo's or folder's
             weights); a URL; a model folder (``config.json`` + ``model.safetensors``); or a weights file
@@ -64,7 +64,7 @@ def create_model(
             the new classifier keeps its fresh init.
         in_chans: input channels; default the weights', else 3. RGB stem weights are adapted to others.
         features_only: return the feature extractor of
-            :func:`~splitattn.models.features.features_only_model` (stage outputs in ``out_indices``,
+            :func:`~splitattn.models._features.features_only_model` (stage outputs in ``out_indices``,
             0 = stem, 1-4 = layer1-4), as timm does.
         out_indices: with ``features_only``, the stages returned (default: the extractor's).
         feature_cls: with ``features_only``, the extractor class (``"list"``, ``"dict"``...; default list).
@@ -76,7 +76,7 @@ def create_model(
         The model: ``model.pretrained_cfg`` is its timm-style pretrained config (a dict, with a Hub or folder
         config's fields over the registry's), ``model.model_cfg`` its :class:`ModelCfg` and
         ``model.model_kwargs`` the architecture arguments it was built with (what
-        :func:`~splitattn.hub.save_pretrained` records).
+        :func:`~splitattn.models._hub.save_pretrained` records).
 
     Raises:
         InputError: an unknown model name (listing close names) or source prefix, an unknown keyword argument

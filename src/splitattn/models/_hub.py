@@ -10,7 +10,7 @@
 
 ``config.json`` is timm's format: ``architecture`` (timm's name, mapped to ours through the registry's
 aliases), ``num_classes``, ``label_names``, ``model_args`` and ``pretrained_cfg``; splitattn adds its model
-record (:class:`~splitattn.models.spec.ModelSpec`) as ``"splitattn"`` and the SHA-256 of the weights file
+record (:class:`~splitattn.models._spec.ModelSpec`) as ``"splitattn"`` and the SHA-256 of the weights file
 as ``"splitattn_weights_sha256"``, which timm ignores. What a file says is validated: it never names
 weights to load, an unknown argument or an unbounded size, and a record that disagrees with the weights
 (classes, shapes, hash) is refused naming both.
@@ -495,7 +495,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, label_nam
     (architecture arguments, ``in_chans``, ``num_classes``, label names) with these weights; so does
     ``timm.create_model("local-dir:DIR")`` for the models timm has (``architecture`` is timm's name,
     e.g. ``resnest50d``; a variant timm cannot build keeps splitattn's name). The folder is written whole
-    or not at all (:func:`~splitattn.fileio.atomic_write_dir`: a kill at any moment leaves the old folder
+    or not at all (:func:`~splitattn.utils.fileio.atomic_write_dir`: a kill at any moment leaves the old folder
     or the new one; other files in it are kept), and ``config.json`` records the weights' SHA-256, which
     loading checks.
 

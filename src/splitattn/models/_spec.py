@@ -8,7 +8,7 @@ all carry it in one JSON form (:meth:`ModelSpec.to_dict`), and every loader read
 to load, an argument the constructor does not take, a value out of range or a model without bound.
 
 The architecture arguments a record may hold, with their types, come from the model class's signature;
-their ranges from :data:`ARG_RANGES`. Validation raises :class:`~splitattn.validation.Invalid`; the
+their ranges from :data:`ARG_RANGES`. Validation raises :class:`~splitattn.utils.validation.Invalid`; the
 loader that read the file turns it into its own error naming the file.
 """
 

@@ -18,9 +18,7 @@ from ..layers import DropBlock2d, SplitAttn, checkpoint, get_norm_layer
 from ..layers.norm import NormLayer, attention_norm_layer
 from ..layers.split_attn import batch_stats_attention_norm, check_int, check_rate, is_tracing
 from ._registry import default_pretrained_cfg
-
-# _AvgMaxPool: models pickled before it moved name it here.
-from ._timm_api import GLOBAL_POOLS, StemChannelsMixin, TimmModelMixin, _AvgMaxPool, device_dtype, make_pool  # noqa: F401
+from ._timm_api import GLOBAL_POOLS, StemChannelsMixin, TimmModelMixin, device_dtype, make_pool
 
 MIN_INPUT_SIZE = 32
 
@@ -268,9 +266,9 @@ class ResNeSt(StemChannelsMixin, TimmModelMixin, nn.Module):
         pretrained_cfg: timm's ``pretrained_cfg`` dict (input size, interpolation, crop, mean/std,
             ``first_conv``, ``classifier``...; timm's keys only); ``default_cfg`` is the same dict.
             :func:`splitattn.create_model` sets the registered name's (see
-            :func:`~splitattn.models.registry.get_pretrained_cfg`), a directly built model has ResNeSt's
+            :func:`~splitattn.models._registry.get_pretrained_cfg`), a directly built model has ResNeSt's
             defaults.
-        model_cfg: the registry's :class:`~splitattn.models.registry.ModelCfg` (set by ``create_model``;
+        model_cfg: the registry's :class:`~splitattn.models._registry.ModelCfg` (set by ``create_model``;
             ``None`` for a directly built model).
         num_features, head_hidden_size: channels of the layer4 map and of the pooled features (twice
             ``num_features`` with ``"avgmax"``), as timm defines them.

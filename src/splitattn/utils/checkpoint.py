@@ -23,7 +23,7 @@ log = logging.getLogger("splitattn")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (:func:`splitattn.fileio.atomic_torch_save`).
+    """Write ``state`` to ``path`` atomically (:func:`splitattn.utils.fileio.atomic_torch_save`).
 
     Args:
         path: destination file; its folder is created.

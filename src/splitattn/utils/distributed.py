@@ -153,15 +153,6 @@ def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean of ``t`` over all processes (a copy; ``t`` itself is unchanged). Identity when single."""
-    if not is_dist():
-        return t.clone()
-    out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / dist.get_world_size()
-
-
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum of ``t`` over all processes (a copy). Identity when single."""
     if not is_dist():
@@ -172,5 +163,5 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["DEFAULT_TIMEOUT_MIN", "DistInfo", "DistributedTimeoutError", "init_distributed",
-           "cleanup_distributed", "all_reduce_mean", "all_reduce_sum",
+           "cleanup_distributed", "all_reduce_sum",
            "is_dist"]
