@@ -1,4 +1,5 @@
-"""2 CPU processes (torchrun, gloo) train to the same weights as 1 process with the same global batch."""
+"""2 CPU processes (torchrun, gloo) train to the same weights as 1 process with the same global batch
+(``--batch-size``, split over the processes)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
             "--nproc_per_node=2",
             "-m",
             "splitattn",
-            *_args(data, tmp_path / "two", 4),
+            *_args(data, tmp_path / "two", 8),  # batch_size is global: 4 per process
         ],
         env=env,
         capture_output=True,

@@ -9,7 +9,7 @@ import pytest
 
 from splitattn.cli import main
 from splitattn.engine import ClassificationConfig, DetectionConfig, SegmentationConfig, load_config
-from splitattn.engine.config import parse_override
+from splitattn.engine.config import CONFIG_VERSION, parse_override, per_process_batch
 from splitattn.errors import ConfigError, MissingFileError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -60,7 +60,7 @@ def test_conversions_and_yaml_off():
 
 
 def test_base_inheritance_and_file_errors(tmp_path):
-    (tmp_path / "base.yaml").write_text("epochs: 5\nbatch_size: 32\nmodel: resnest101\n")
+    (tmp_path / "base.yaml").write_text("config_version: 2\nepochs: 5\nbatch_size: 32\nmodel: resnest101\n")
     (tmp_path / "child.yaml").write_text("_base_: base.yaml\nbatch_size: 8\n")
     cfg = load_config(None, tmp_path / "child.yaml", {"batch_size": 7, "lr": None})
     assert (cfg.epochs, cfg.batch_size, cfg.model, cfg.lr) == (5, 7, "resnest101", None)
@@ -98,6 +98,55 @@ def test_renamed_key_still_works_with_a_warning(tmp_path, caplog):
         cfg = load_config(None, tmp_path / "old.yaml")
     assert cfg.checkpoint_interval == 7
     assert "'checkpoint_period'" in caplog.text and "deprecated: use 'checkpoint_interval'" in caplog.text
+
+
+def test_batch_size_is_the_global_batch_for_every_task(tmp_path):
+    for task in ("classification", "detection", "segmentation"):
+        cfg = load_config(task, overrides={"batch_size": 8})
+        assert (per_process_batch(cfg, 1), per_process_batch(cfg, 2), per_process_batch(cfg, 8)) == (8, 4, 1)
+        with pytest.raises(ConfigError) as e:
+            per_process_batch(cfg, 3)
+        assert str(e.value) == ("batch_size 8 (the global batch) is not divisible by 3 processes; use a "
+                                "multiple of 3, or set batch_size_per_process")
+    cfg = load_config("classification", CONFIGS / "resnest50.yaml")  # the recipe: 128 per GPU
+    assert (cfg.batch_size_per_process, per_process_batch(cfg, 3)) == (128, 128)
+    cfg = load_config("classification", CONFIGS / "resnest50.yaml", {"batch_size": 64})  # the CLI wins
+    assert (cfg.batch_size_per_process, per_process_batch(cfg, 2)) == (None, 32)
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\nbatch_size_per_process: 4\n")
+    (tmp_path / "base.yaml").write_text("config_version: 2\nbatch_size: 32\n")
+    cfg = load_config(None, tmp_path / "child.yaml")
+    assert (cfg.batch_size_per_process, per_process_batch(cfg, 2)) == (4, 4)
+    (tmp_path / "both.yaml").write_text("config_version: 2\nbatch_size: 32\nbatch_size_per_process: 4\n")
+    with pytest.raises(ConfigError, match=r"both.yaml: batch_size and batch_size_per_process are both given; "
+                                          "keep one"):
+        load_config(None, tmp_path / "both.yaml")
+    with pytest.raises(ConfigError, match="on the command line: batch_size and batch_size_per_process"):
+        load_config("detection", overrides={"batch_size": 4, "batch_size_per_process": 2})
+
+
+def test_an_old_classification_config_keeps_its_per_process_batch_with_a_warning(tmp_path, caplog):
+    old = tmp_path / "old.yaml"
+    old.write_text("epochs: 3\nbatch_size: 32\n")  # no config_version: written before version 2
+    with caplog.at_level(logging.WARNING, logger="splitattn"):
+        cfg = load_config(None, old)
+    assert (cfg.batch_size_per_process, per_process_batch(cfg, 4)) == (32, 32)
+    assert cfg.config_version == CONFIG_VERSION  # read in the current version's terms (and saved so)
+    assert caplog.messages == [
+        f"config key 'batch_size' in config file {old} is read per process (global batch = 32 x processes), "
+        "its meaning in configs without config_version (deprecated): batch_size is now the global batch of "
+        f"every task; write batch_size_per_process: 32, or config_version: {CONFIG_VERSION} with the global "
+        "batch_size"]
+    caplog.clear()
+    old.write_text("task: detection\nbatch_size: 32\n")  # detection's batch_size was global already
+    with caplog.at_level(logging.WARNING, logger="splitattn"):
+        assert per_process_batch(load_config(None, old), 4) == 8
+    old.write_text(f"config_version: {CONFIG_VERSION + 1}\n")
+    with pytest.raises(ConfigError, match=f"config_version {CONFIG_VERSION + 1} in config file .*old.yaml is "
+                                          f"newer than this splitattn reads \\({CONFIG_VERSION}\\); upgrade"):
+        load_config(None, old)
+    assert not caplog.messages
+    with pytest.raises(ConfigError, match="config key 'task' on the command line cannot change the task"):
+        load_config("classification", overrides={"task": "detection"})
 
 
 def test_cli_prints_project_errors_as_one_line(tmp_path, capsys):

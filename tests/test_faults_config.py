@@ -82,7 +82,7 @@ def test_yaml_aliases_and_anchors_are_refused(tmp_path):
 
 
 def test_duplicate_keys_name_the_file_the_key_and_both_lines(tmp_path):
-    (tmp_path / "base.yaml").write_text("epochs: 5\nbatch_size: 32\n")
+    (tmp_path / "base.yaml").write_text("config_version: 2\nepochs: 5\nbatch_size: 32\n")
     recipe = tmp_path / "dup.yaml"
     recipe.write_text("_base_: base.yaml\nepochs: 3\nlr: 0.1\n\nepochs: 4\n")
     with pytest.raises(ConfigError) as e:

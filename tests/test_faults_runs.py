@@ -23,7 +23,7 @@ from splitattn.cli import main
 from splitattn.data.synthetic import make_synthetic_imagefolder
 from splitattn.engine.resume import check_entries
 from splitattn.errors import CheckpointError
-from splitattn.utils.checkpoint import load_checkpoint, save_checkpoint
+from splitattn.utils.checkpoint import CHECKPOINT_FORMAT, check_format, load_checkpoint, save_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 NEW_RUN = "start a new run (another --output, or --overwrite)"
@@ -71,8 +71,8 @@ def test_resume_refuses_another_global_batch_training_set_or_seed(data, run, tmp
     more = make_synthetic_imagefolder(tmp_path / "more", num_classes=2, train_per_class=8, val_per_class=2)
     cases = [
         (_args(data, run, "--resume", "auto", batch=2),
-         "a global batch of 4 images ('global_batch'), this run has 2; resume with the batch size "
-         "(x processes)"),
+         "a global batch of 4 images ('global_batch'), this run has 2; resume with the global batch "
+         "(batch_size)"),
         (_args(more, run, "--resume", "auto"),
          "a training set of 12 images ('train_size'), this run has 16; resume with the training data"),
         (_args(data, run, "--resume", str(ck), seed=2),
@@ -97,6 +97,36 @@ def test_resume_of_an_older_checkpoint_checks_its_position_and_config_seed(data,
     err = _refused(capsys, _args(data, run, "--resume", str(old), seed=3))
     assert err.endswith(f"checkpoint {old} was written with seed 1 ('seed'), this run has 3; resume with the "
                         f"seed of that run, or {NEW_RUN}")
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_and_nothing_runs(data, run, tmp_path, capsys):
+    state = load_checkpoint(run / "last.ckpt")
+    assert state["format"] == CHECKPOINT_FORMAT
+    future = save_checkpoint(tmp_path / "future.ckpt", {**state, "format": "splitattn-train-99"})
+    save_checkpoint(run / "last.ckpt", {**state, "format": "splitattn-train-99"})  # for --resume auto
+    before = _snapshot(run)
+    for spec, path in ((str(future), future), ("auto", run / "last.ckpt")):
+        err = _refused(capsys, _args(data, run, "--resume", spec))
+        assert err == (f"splitattn train: error: checkpoint {path} has format 'splitattn-train-99', "
+                       f"this splitattn reads '{CHECKPOINT_FORMAT}' and older; it was written by a newer "
+                       "splitattn: upgrade splitattn to use it")
+    assert _snapshot(run) == before  # not trained, not logged, not quarantined as corrupt
+    del state["format"]  # before the entry was written: read as today
+    check_format(state, "old.ckpt")
+
+
+def test_resume_of_a_checkpoint_with_a_per_process_batch_size_says_so(data, run, tmp_path, capsys):
+    """Before config_version 2, a classification batch_size was per process: the refusal says what to set."""
+    state = load_checkpoint(run / "last.ckpt")
+    new_keys = ("config_version", "batch_size_per_process")
+    config = {k: v for k, v in state["config"].items() if k not in new_keys}
+    old = save_checkpoint(tmp_path / "old.ckpt", {**state, "world_size": 2, "rng": state["rng"] * 2,
+                                                  "config": {**config, "batch_size": 2}})
+    err = _refused(capsys, _args(data, run, "--resume", str(old), batch=2))
+    assert err == (f"splitattn train: error: checkpoint {old} was written with a global batch of 4 images "
+                   "('global_batch'), this run has 2 (that run's batch_size 2 was per process, x 2 "
+                   "processes: set batch_size_per_process 2 or batch_size 4); resume with the global batch "
+                   f"(batch_size) of that run, or {NEW_RUN}")
 
 
 def _rng(state: dict) -> dict:

@@ -20,15 +20,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from ..errors import ConfigError, MissingFileError
 from ..utils.fileio import atomic_write_text
 from ..utils.validation import short_repr
+from .yamlfile import MAX_CONFIG_BYTES, dump_yaml, load_yaml
 
 log = logging.getLogger("splitattn")
 
-TASKS = ("classification", "detection", "segmentation")
+CONFIG_VERSION = 2
+"""Version 2: ``batch_size`` is the global batch for every task (version 1, a file without
+``config_version``: per process for classification); :meth:`RunConfig.upgrade` reads older versions."""
 AMP = Literal["auto", "bf16", "fp16", "off"]
 
 
@@ -45,7 +46,8 @@ def _key(default: Any = None, lo: float | None = None, hi: float | None = None, 
 class RunConfig:
     """Keys of every training run: runtime, checkpoints, optimiser basics."""
 
-    task: Literal["classification", "detection", "segmentation"] = "classification"
+    task: str = ""                             # each section's name (CONFIG_CLASSES is keyed by it)
+    config_version: int = _key(CONFIG_VERSION, lo=1)
     model: str = "resnest50"
     model_kwargs: dict[str, Any] = _key({})
     output: str | None = None                  # run folder (checkpoints, config.yaml, metrics.jsonl)
@@ -61,7 +63,8 @@ class RunConfig:
     channels_last: bool | Literal["auto"] = False
     compile: bool = False
     grad_checkpointing: bool | Literal["block", "attn"] = False
-    batch_size: int = _key(16, lo=1)
+    batch_size: int = _key(16, lo=1)          # global: split over the processes
+    batch_size_per_process: int | None = _key(None, lo=1)  # set: global batch = this x processes
     lr: float | None = _key(None, lo=0)
     momentum: float = _key(0.9, lo=0, hi=1)
     nesterov: bool = False
@@ -74,12 +77,17 @@ class RunConfig:
     progress_bar: bool = True
     tensorboard: bool = False
 
+    @classmethod
+    def upgrade(cls, values: dict[str, Any], version: int, where: dict[str, str]) -> None:
+        """Rewrite the given ``values`` of a config of an older ``version`` in the current version's
+        terms, in place (``where`` says where each key came from, for the warnings)."""
+
 
 @dataclass
 class ClassificationConfig(RunConfig):
     """The paper's ImageNet recipe for ResNeSt-50; per-model YAMLs in ``configs/`` override it."""
 
-    task: Literal["classification"] = "classification"
+    task: str = "classification"
     pretrained: bool | str | None = None       # path/URL/true: start from these weights (new classifier)
     drop_rate: float = _key(0.0, lo=0, hi=1)   # dropout before the classifier
     drop_block_rate: float = _key(0.1, lo=0, hi=1)  # final DropBlock probability, ramped from 0
@@ -101,7 +109,7 @@ class ClassificationConfig(RunConfig):
     pca_lighting: float = _key(0.1, lo=0)
     workers: int = _key(8, lo=0)
     epochs: int = _key(270, lo=1)
-    batch_size: int = _key(128, lo=1)          # per process; global batch = batch_size x world size
+    batch_size: int = _key(128, lo=1)
     base_lr: float = _key(0.1, lo=0)           # lr default: base_lr x global batch / lr_base_batch
     lr_base_batch: int = _key(256, lo=1)
     warmup_epochs: int = _key(5, lo=0)
@@ -114,12 +122,23 @@ class ClassificationConfig(RunConfig):
     eval_interval: int = _key(1, lo=1)         # validate every N epochs (and after the last)
     tensorboard: bool = True
 
+    @classmethod
+    def upgrade(cls, values: dict[str, Any], version: int, where: dict[str, str]) -> None:
+        """Version 1 (a file without ``config_version``): ``batch_size`` was per process; read it so."""
+        if version < 2 and "batch_size" in values:
+            b = values["batch_size_per_process"] = values.pop("batch_size")
+            where["batch_size_per_process"] = where["batch_size"]
+            log.warning("config key 'batch_size' %s is read per process (global batch = %d x processes), its "
+                        "meaning in configs without config_version (deprecated): batch_size is now the "
+                        "global batch of every task; write batch_size_per_process: %d, or config_version: "
+                        "%d with the global batch_size", where["batch_size"], b, b, CONFIG_VERSION)
+
 
 @dataclass
 class DetectionConfig(RunConfig):
     """The paper's COCO transfer recipe: scales 640-800 (max 1333), 1x schedule, batch 16, LR 0.02."""
 
-    task: Literal["detection"] = "detection"
+    task: str = "detection"
     model: Literal["faster_rcnn_fpn", "cascade_rcnn_fpn", "mask_rcnn_fpn", "cascade_mask_rcnn_fpn"] = (
         "faster_rcnn_fpn")
     backbone: str = "resnest50"
@@ -140,7 +159,6 @@ class DetectionConfig(RunConfig):
     val_ann: str | None = None
     num_classes: int | None = _key(None, lo=2)  # default: categories in train_ann + background
     hflip: float = _key(0.5, lo=0, hi=1)
-    batch_size: int = _key(16, lo=1)           # global (split over DDP processes)
     lr: float | None = _key(0.02, lo=0)
     max_iter: int = _key(90000, lo=1)
     lr_steps: list[int] = _key([60000, 80000], lo=0)
@@ -157,7 +175,7 @@ class DetectionConfig(RunConfig):
 class SegmentationConfig(RunConfig):
     """DeepLabV3 on a dilated ResNeSt with an auxiliary FCN head (the paper's ADE20K / Cityscapes runs)."""
 
-    task: Literal["segmentation"] = "segmentation"
+    task: str = "segmentation"
     model: Literal["deeplabv3"] = "deeplabv3"
     backbone: str = "resnest50"
     pretrained_backbone: bool | str | None = None
@@ -177,7 +195,6 @@ class SegmentationConfig(RunConfig):
     scale_range: list[float] = _key([0.5, 2.0], lo=1e-6, length=2)
     eval_size: int | None = _key(None, lo=1)
     hflip: float = _key(0.5, lo=0, hi=1)
-    batch_size: int = _key(16, lo=1)           # global
     lr: float | None = _key(0.01, lo=0)
     max_iter: int = _key(80000, lo=1)
     poly_power: float = _key(0.9, lo=0)
@@ -190,10 +207,26 @@ class SegmentationConfig(RunConfig):
 
 
 CONFIG_CLASSES: dict[str, type[RunConfig]] = {
-    "classification": ClassificationConfig, "detection": DetectionConfig, "segmentation": SegmentationConfig,
-}
+    c.task: c for c in (ClassificationConfig, DetectionConfig, SegmentationConfig)}
+"""The tasks, by name: the one list of them (the engine's tasks and the ``task`` key derive from it)."""
+DEFAULT_TASK = ClassificationConfig.task
+"""The task of a config file or checkpoint that names none."""
 # Old key -> new key: still accepted, with a deprecation warning.
 RENAMED = {"checkpoint_period": "checkpoint_interval"}
+# Keys of which a config holds one: a later source's (child file, command line) replaces an earlier one's.
+ONE_OF = (("batch_size", "batch_size_per_process"),)
+
+
+def _other_of(key: str) -> list[str]:
+    return [o for group in ONE_OF if key in group for o in group if o != key]
+
+
+def _check_one_of(values: dict[str, Any], where: str) -> None:
+    for group in ONE_OF:
+        given = [k for k in group if k in values]
+        if len(given) > 1:
+            raise ConfigError(f"{where}: {' and '.join(given)} are both given; keep one (batch_size is the "
+                              "global batch, batch_size_per_process the batch of each process)")
 
 
 def suggest_key(key: str, valid: list[str]) -> str:
@@ -298,64 +331,6 @@ def _canonical(key: str, valid: list[str], where: str) -> str:
     return key
 
 
-MAX_CONFIG_BYTES = 1 << 20
-"""Largest recipe file read (recipes are a few hundred bytes)."""
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader refusing aliases and anchors, and duplicate keys (which YAML lets the last win).
-
-    Ten lines of nested aliases ("billion laughs") expand to gigabytes; recipes share values through
-    ``_base_`` instead.
-    """
-
-    source = "the config"
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-            sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
-            raise ConfigError(f"{self.source}, line {event.start_mark.line + 1}: YAML anchors and aliases "
-                              f"({sign}{str(event.anchor)[:40]}) are not allowed in splitattn configs; write "
-                              "the value out (recipes share keys through _base_)")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        lines: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<": the base class merges it
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = lines.get(key)
-            except TypeError:  # an unhashable key: the base class reports it
-                continue
-            line = key_node.start_mark.line + 1
-            if first is not None:
-                raise ConfigError(f"{self.source}: key {short_repr(key, 200)} is given twice (lines {first} "
-                                  f"and {line}); keep one")
-            lines[key] = line
-        return super().construct_mapping(node, deep)
-
-
-def _load_yaml(text: str, source: str) -> Any:
-    """``text`` parsed by :class:`_RecipeLoader`; ``source`` ("config file x.yaml") names it in errors."""
-    loader = _RecipeLoader(text)
-    loader.source = source
-    try:
-        return loader.get_single_data()
-    except ConfigError:
-        raise
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source} is not valid YAML: {' '.join(str(e).split())[:300]}") from e
-    except RecursionError:
-        raise ConfigError(f"{source}: its YAML is nested too deeply to read") from None
-    except ValueError as e:  # e.g. an int over Python's 4300-digit limit
-        raise ConfigError(f"{source}: a value YAML cannot convert ({str(e)[:150]})") from e
-    finally:
-        loader.dispose()
-
-
 def read_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A recipe YAML as a dict, following ``_base_: other.yaml`` (relative to the file) recursively."""
     path = Path(path)
@@ -372,11 +347,15 @@ def read_yaml_config(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> d
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-    data = _load_yaml(text, f"config file {path}") or {}
+    data = load_yaml(text, f"config file {path}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     base = data.pop("_base_", None)
     out = read_yaml_config(path.parent / str(base), (*_seen, path.resolve())) if base else {}
+    _check_one_of({str(k): v for k, v in data.items()}, f"config file {path}")
+    for key in list(data):
+        for other in _other_of(str(key)):  # this file's batch_size replaces its base's per-process one
+            out.pop(other, None)
     out.update({str(k): v for k, v in data.items()})
     out.setdefault("_file_", {})
     out["_file_"] = {**out["_file_"], **{str(k): path for k in data}}
@@ -389,16 +368,18 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {short_repr(text, 200)} must look like KEY=VALUE (e.g. mixup_alpha=0)")
     key, value = text.split("=", 1)
     key = key.strip().lstrip("-").replace("-", "_")
-    return key, _load_yaml(value, f"the value of override {short_repr(key, 200)}")
+    return key, load_yaml(value, f"the value of override {short_repr(key, 200)}")
 
 
 def load_config(task: str | None = None, config_file: str | os.PathLike | None = None,
                 overrides: dict[str, Any] | None = None) -> RunConfig:
     """Defaults <- YAML file (with its bases) <- overrides, each value converted and checked.
 
+    A file without ``config_version`` is read as version 1 (:data:`CONFIG_VERSION`); with no file, the
+    values are read as the current version.
+
     Args:
-        task: ``"classification"``, ``"detection"`` or ``"segmentation"``; default: the file's ``task``
-            key, else classification.
+        task: a key of :data:`CONFIG_CLASSES`; default: the file's ``task`` key, else :data:`DEFAULT_TASK`.
         config_file: a recipe YAML, or ``None`` for the defaults.
         overrides: values that win (command-line flags and ``KEY=VALUE``); ``None`` values are ignored.
 
@@ -407,51 +388,76 @@ def load_config(task: str | None = None, config_file: str | os.PathLike | None =
 
     Raises:
         ConfigError: unknown key (with the closest valid one), wrong type, out of range, NaN or infinite,
-            task mismatch; a YAML alias, anchor or duplicate key in a file.
+            task mismatch, a newer ``config_version``; a YAML alias, anchor or duplicate key in a file.
     """
     data = read_yaml_config(config_file) if config_file else {"_file_": {}}
     files = data.pop("_file_")
     file_task = data.get("task")
-    if task is None:
-        task = file_task or "classification"
+    task = task if task is not None else (file_task or DEFAULT_TASK)
     if task not in CONFIG_CLASSES:
-        raise ConfigError(f"task must be one of {TASKS}, got {short_repr(task, 200)}")
+        raise ConfigError(f"task must be one of {', '.join(CONFIG_CLASSES)}, got {short_repr(task, 200)}")
     if file_task is not None and file_task != task:
-        raise ConfigError(f"config {config_file} is a {file_task} config, not {task}")
+        raise ConfigError(f"config {config_file} is a {str(file_task)[:40]} config, not {task}")
     cls = CONFIG_CLASSES[task]
+    values, where = _collect(cls, data, files, config_file, overrides or {})
+    if values.pop("task", task) != task:
+        raise ConfigError(f"config key 'task' {where['task']} cannot change the task of a {task} config; "
+                          "pass another recipe")
+    version = values.get("config_version", 1 if config_file else CONFIG_VERSION)
+    if version > CONFIG_VERSION:
+        raise ConfigError(f"config_version {version} {where['config_version']} is newer than this splitattn "
+                          f"reads ({CONFIG_VERSION}); upgrade splitattn")
+    cls.upgrade(values, version, where)
+    return cls(**{**values, "config_version": CONFIG_VERSION})
+
+
+def _collect(cls: type[RunConfig], data: dict[str, Any], files: dict[str, Any], config_file: Any,
+             overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(values, where each came from)``: the file's keys, then the overrides', converted and checked."""
     valid = sorted(f.name for f in fields(cls))
     values: dict[str, Any] = {}
     where: dict[str, str] = {}
     for k, v in data.items():
         key = _canonical(k, valid, f"in config file {files.get(k, config_file)}")
         values[key], where[key] = v, f"in config file {files.get(k, config_file)}"
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            key = _canonical(k, valid, "on the command line")
-            values[key], where[key] = v, "on the command line"
+    given = {_canonical(k, valid, "on the command line"): v for k, v in overrides.items() if v is not None}
+    _check_one_of(given, "on the command line")
+    for key, v in given.items():
+        for other in _other_of(key):  # the command line's batch_size replaces the file's per-process one
+            values.pop(other, None)
+        values[key], where[key] = v, "on the command line"
     hints = typing.get_type_hints(cls)
     by_name = {f.name: f for f in fields(cls)}
     for k, v in values.items():
         _check_finite(k, v, where[k])
         values[k] = _convert(k, v, hints[k])
         _check_range(by_name[k], values[k])
-    return cls(**values)
+    return values, where
+
+
+def per_process_batch(cfg: RunConfig, world_size: int) -> int:
+    """Images per process and step: ``batch_size_per_process`` if set, else the global ``batch_size``
+    split over ``world_size`` processes.
+
+    Raises:
+        ConfigError: ``batch_size`` is not divisible by ``world_size``.
+    """
+    if cfg.batch_size_per_process:
+        return cfg.batch_size_per_process
+    if cfg.batch_size % world_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} (the global batch) is not divisible by {world_size} "
+                          f"processes; use a multiple of {world_size}, or set batch_size_per_process")
+    return cfg.batch_size // world_size
 
 
 def save_config(cfg: RunConfig | dict[str, Any], path: str | os.PathLike) -> Path:
     """Write a config (or a dict of resolved values) as YAML, atomically."""
     data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-    return atomic_write_text(path, yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False))
-
-
-class _NoAliasDumper(yaml.SafeDumper):
-    """Writes a value shared by two keys twice: a saved config must load without aliases."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
+    return atomic_write_text(path, dump_yaml(data))
 
 
 __all__ = [
-    "CONFIG_CLASSES", "ClassificationConfig", "DetectionConfig", "RunConfig", "SegmentationConfig",
-    "load_config", "parse_override", "read_yaml_config", "save_config", "suggest_key",
+    "CONFIG_CLASSES", "CONFIG_VERSION", "DEFAULT_TASK", "ClassificationConfig",
+    "DetectionConfig", "RunConfig", "SegmentationConfig", "load_config", "parse_override",
+    "per_process_batch", "read_yaml_config", "save_config", "suggest_key",
 ]

@@ -20,7 +20,7 @@ from ..data.digits import build_digits_imagefolder
 from ..evaluation.evaluate import evaluate_folder
 from ..evaluation.predict import export_weights, load_for_inference, predict_images
 from ..explain.explanations import explain_images, load_explain_model, scale_shift
-from .config import load_config
+from .config import ClassificationConfig, load_config
 from .plot import plot_run
 from .trainer import train
 
@@ -58,7 +58,7 @@ def run_demo(out: str | os.PathLike, overrides: dict[str, Any] | None = None,
     console.print(f"[bold]1. data[/bold]: scikit-learn digits as an ImageFolder in {data} "
                   f"({n_train} train / {n_val} val images, 10 classes, 8x8 scans upscaled to 32x32)")
     run_dir = out / "run"
-    cfg = load_config("classification", config or demo_config_path(),
+    cfg = load_config(ClassificationConfig.task, config or demo_config_path(),
                       {**(overrides or {}), "data": str(data), "output": str(run_dir), "resume": None,
                        "overwrite": True})  # the demo always starts afresh
     console.print(f"[bold]2. train[/bold]: {cfg.model} {cfg.model_kwargs} at {cfg.img_size} px, "

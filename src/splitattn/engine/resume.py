@@ -66,6 +66,18 @@ def check_entries(ck: dict[str, Any], path: Path) -> None:
                               "written by splitattn train: resume from another checkpoint, or " + NEW_RUN)
 
 
+def _old_batch(ck: dict[str, Any], key: str) -> str:
+    """A hint when ``ck``'s config (before ``config_version`` 2) gave ``batch_size`` per process."""
+    config = ck.get("config") if isinstance(ck.get("config"), dict) else {}
+    per_proc, n = config.get("batch_size"), ck.get("world_size")
+    if key != "global_batch" or "config_version" in config or not _is_int(per_proc, 1) or not _is_int(n, 1):
+        return ""
+    if ck.get("global_batch") != per_proc * n or n == 1:
+        return ""
+    return (f" (that run's batch_size {per_proc} was per process, x {n} processes: set "
+            f"batch_size_per_process {per_proc} or batch_size {per_proc * n})")
+
+
 def check_same_run(ck: dict[str, Any], path: Path, *, global_batch: int, train_size: int, seed: int,
                    steps_per_epoch: int) -> None:
     """Refuse a checkpoint (already through :func:`check_entries`) of a run with another global batch,
@@ -76,15 +88,15 @@ def check_same_run(ck: dict[str, Any], path: Path, *, global_batch: int, train_s
         CheckpointError: one line naming ``path``, the field, both values and what to do.
     """
     config = ck.get("config") if isinstance(ck.get("config"), dict) else {}
-    fields = (("global_batch", "a global batch of {} images", global_batch, "batch size (x processes)"),
+    fields = (("global_batch", "a global batch of {} images", global_batch, "global batch (batch_size)"),
               ("train_size", "a training set of {} images", train_size, "training data"),
               ("seed", "seed {}", seed, "seed"))
     for key, what, ours, how in fields:
         theirs = ck.get(key, config.get(key) if key == "seed" else None)
         if theirs is not None and theirs != ours:
             raise CheckpointError(f"checkpoint {path} was written with {what.format(short_repr(theirs))} "
-                                  f"('{key}'), this run has {ours}; resume with the {how} of that run, or "
-                                  + NEW_RUN)
+                                  f"('{key}'), this run has {ours}{_old_batch(ck, key)}; resume with the "
+                                  f"{how} of that run, or " + NEW_RUN)
     step = ck["step"]
     if divmod(step, steps_per_epoch) != (ck["epoch"], ck["batch"]):
         raise CheckpointError(

@@ -43,7 +43,9 @@ from ..models import (
     set_drop_block_prob,
 )
 from ..models._spec import RECORD_KEY, ModelSpec, read_spec
+from ..utils.distributed import is_dist
 from ..utils.validation import Invalid
+from .cadence import Cadence, EpochCadence, IterationCadence
 from .config import ClassificationConfig, DetectionConfig, RunConfig, SegmentationConfig
 from .schedule import WarmupSchedule, drop_block_prob_at
 
@@ -64,20 +66,26 @@ def to_device(obj: Any, device: torch.device) -> Any:
 class Task:
     """The interface: subclasses set the class attributes and implement the methods.
 
+    The trainer reads only the keys every run shares (:class:`~splitattn.engine.config.RunConfig`); what a
+    task's own section says reaches it through these methods: the datasets, model and losses, the LR and its
+    schedule, the length of the run and its :meth:`cadence`, how the model is wrapped for DDP.
+
     Attributes:
-        name: the config's ``task`` value.
+        config_class: the task's config section; its ``task`` default is the task's name.
         primary_metric: the key of :meth:`evaluate`'s result that chooses ``best.ckpt`` (higher is better).
-        epoch_based: log, evaluate and checkpoint at epoch ends (classification) rather than every
-            ``log_period`` / ``eval_period`` / ``checkpoint_interval`` iterations (detection, segmentation).
     """
 
-    name: ClassVar[str]
+    config_class: ClassVar[type[RunConfig]]
     primary_metric: ClassVar[str]
-    epoch_based: ClassVar[bool] = False
     collate: Callable[[list[Any]], Any]
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
+
+    @property
+    def name(self) -> str:
+        """The config's ``task`` value."""
+        return self.config_class.task
 
     def build_datasets(self) -> tuple[Dataset, Dataset | None]:
         """``(train dataset, val dataset or None)``; items go through :attr:`collate`."""
@@ -85,27 +93,26 @@ class Task:
 
     def build_val_dataset(self, ck: dict[str, Any]) -> Dataset:
         """The validation set alone, for evaluating checkpoint ``ck`` (which gives the classes)."""
-        self.num_classes = int(ck["num_classes"])
-        return self._val()
-
-    def _val(self) -> Dataset:
         raise NotImplementedError
-
-    def per_process_batch(self, world_size: int) -> int:
-        """Images per process and step (detection and segmentation configs give the global batch)."""
-        if self.cfg.batch_size % world_size:
-            raise ConfigError(f"batch_size {self.cfg.batch_size} (global) is not divisible by {world_size} "
-                              "processes")
-        return self.cfg.batch_size // world_size
 
     def build_model(self, train_ds: Dataset) -> nn.Module:
         raise NotImplementedError
 
+    def for_ddp(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        """``(model, DistributedDataParallel keyword arguments)`` for a run of several processes; the
+        model is converted here (e.g. to SyncBatchNorm) before it moves to the device."""
+        return model, {}
+
     def peak_lr(self, global_batch: int) -> float:
-        return float(self.cfg.lr)
+        raise NotImplementedError
 
     def total_steps(self, steps_per_epoch: int) -> int:
-        return self.cfg.max_iter
+        """The length of the run, in iterations."""
+        raise NotImplementedError
+
+    def cadence(self, steps_per_epoch: int) -> Cadence:
+        """When the run logs, evaluates and saves."""
+        raise NotImplementedError
 
     def schedule(self, steps_per_epoch: int, peak_lr: float) -> WarmupSchedule:
         raise NotImplementedError
@@ -155,9 +162,8 @@ class Task:
 class ClassificationTask(Task):
     """The paper's ImageNet recipe on an ImageFolder (``data/train``, ``data/val``)."""
 
-    name = "classification"
+    config_class = ClassificationConfig
     primary_metric = "val_top1"
-    epoch_based = True
     collate = staticmethod(collate_skip_bad)
 
     cfg: ClassificationConfig
@@ -190,9 +196,6 @@ class ClassificationTask(Task):
         return ImageFolderDataset(val_dir, create_eval_transform(self.data_cfg), classes=self.classes,
                                   skip_bad_images=self.cfg.skip_bad_images, what="val")
 
-    def per_process_batch(self, world_size: int) -> int:
-        return self.cfg.batch_size
-
     def build_model(self, train_ds: Dataset) -> nn.Module:
         c = self.cfg
         model = create_model(c.model, pretrained=c.pretrained or False, num_classes=len(self.classes),
@@ -202,11 +205,17 @@ class ClassificationTask(Task):
         self.spec = ModelSpec.from_model(model, self.classes, self.data_cfg.to_dict())
         return apply_data_config(model, self.data_cfg)
 
+    def for_ddp(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        return (nn.SyncBatchNorm.convert_sync_batchnorm(model) if self.cfg.sync_bn else model), {}
+
     def peak_lr(self, global_batch: int) -> float:
         return float(self.cfg.lr or self.cfg.base_lr * global_batch / self.cfg.lr_base_batch)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         return self.cfg.epochs * steps_per_epoch
+
+    def cadence(self, steps_per_epoch: int) -> Cadence:
+        return EpochCadence(steps_per_epoch, self.cfg.eval_interval)
 
     def schedule(self, steps_per_epoch: int, peak_lr: float) -> WarmupSchedule:
         return WarmupSchedule("cosine", self.total_steps(steps_per_epoch),
@@ -236,7 +245,9 @@ class ClassificationTask(Task):
 
     def evaluate(self, model: nn.Module, val_ds: Dataset, device: torch.device, amp: str,
                  channels_last: bool) -> dict[str, float]:
-        loader = DataLoader(shard_dataset(val_ds), batch_size=self.cfg.batch_size, shuffle=False,
+        world = torch.distributed.get_world_size() if is_dist() else 1
+        batch = self.cfg.batch_size_per_process or max(self.cfg.batch_size // world, 1)
+        loader = DataLoader(shard_dataset(val_ds), batch_size=batch, shuffle=False,
                             num_workers=self.cfg.workers, pin_memory=device.type == "cuda",
                             collate_fn=collate_skip_bad, generator=torch.Generator())
         v = evaluate_classifier(model, loader, device, amp, channels_last)
@@ -279,10 +290,36 @@ class ClassificationTask(Task):
                                       "another --output, or --resume with a matching checkpoint")
 
 
-class DetectionTask(Task):
+class IterationTask(Task):
+    """A task whose section gives ``lr``, ``max_iter``, ``log_period``, ``eval_period`` and
+    ``find_unused_parameters`` (detection, segmentation): detectron2's rhythm in iterations."""
+
+    cfg: DetectionConfig | SegmentationConfig
+
+    def build_val_dataset(self, ck: dict[str, Any]) -> Dataset:
+        self.num_classes = int(ck["num_classes"])
+        return self._val()
+
+    def _val(self) -> Dataset:
+        raise NotImplementedError
+
+    def peak_lr(self, global_batch: int) -> float:
+        return float(self.cfg.lr)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        return self.cfg.max_iter
+
+    def cadence(self, steps_per_epoch: int) -> Cadence:
+        return IterationCadence(self.cfg.log_period, self.cfg.eval_period)
+
+    def for_ddp(self, model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+        return model, {"find_unused_parameters": self.cfg.find_unused_parameters}
+
+
+class DetectionTask(IterationTask):
     """Faster / Cascade / Mask R-CNN + FPN on COCO-format data (detectron2's 1x schedule)."""
 
-    name = "detection"
+    config_class = DetectionConfig
     primary_metric = "bbox_AP"
     collate = staticmethod(detection_collate)
 
@@ -328,10 +365,10 @@ class DetectionTask(Task):
         return {"model_name": self.cfg.model, "backbone": self.cfg.backbone, "num_classes": self.num_classes}
 
 
-class SegmentationTask(Task):
+class SegmentationTask(IterationTask):
     """DeepLabV3 on ADE20K or Cityscapes layouts (poly LR schedule)."""
 
-    name = "segmentation"
+    config_class = SegmentationConfig
     primary_metric = "mIoU"
     collate = staticmethod(segmentation_collate)
 
@@ -389,7 +426,9 @@ def _need(cfg: RunConfig, *keys: str) -> None:
                           "KEY=VALUE)")
 
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, DetectionTask, SegmentationTask)}
+TASKS: dict[str, type[Task]] = {t.config_class.task: t for t in (ClassificationTask, DetectionTask,
+                                                                  SegmentationTask)}
+"""The task of each config section, by name: the keys of :data:`~splitattn.engine.config.CONFIG_CLASSES`."""
 
 
 def create_task(cfg: RunConfig) -> Task:
@@ -397,5 +436,5 @@ def create_task(cfg: RunConfig) -> Task:
     return TASKS[cfg.task](cfg)
 
 
-__all__ = ["ClassificationTask", "DetectionTask", "SegmentationTask", "TASKS", "Task", "create_task",
-           "to_device"]
+__all__ = ["ClassificationTask", "DetectionTask", "IterationTask", "SegmentationTask", "TASKS", "Task",
+           "create_task", "to_device"]

@@ -34,9 +34,15 @@ from ..errors import (
     worker_error,
 )
 from ..utils.amp import autocast, make_grad_scaler
-from ..utils.checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from ..utils.checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_format,
+    find_latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ..utils.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_dist
-from .config import RunConfig, save_config
+from .config import DEFAULT_TASK, RunConfig, per_process_batch, save_config
 from .interrupt import StopRequest
 from .progress import EpochProgress, MetricsLogger
 from .resume import check_entries, check_same_run
@@ -47,7 +53,6 @@ from .schedule import create_lr_scheduler, create_optimizer
 from .tasks import Task, create_task
 
 log = logging.getLogger("splitattn.train")
-CHECKPOINT_FORMAT = "splitattn-train-2"
 
 
 class Trainer:
@@ -99,7 +104,7 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         train_ds, self.val_ds = self.task.build_datasets()
         self.train_ds = SeededDataset(train_ds, cfg.seed)
-        per_proc = self.task.per_process_batch(d.world_size)
+        per_proc = per_process_batch(cfg, d.world_size)
         self.train_size = len(train_ds)
         self.sampler = GlobalBatchSampler(len(train_ds), per_proc, d.world_size, d.rank, seed=cfg.seed)
         self.global_batch = self.sampler.global_batch
@@ -113,6 +118,7 @@ class Trainer:
                                        pin_memory=self.device.type == "cuda", collate_fn=self.task.collate,
                                        generator=torch.Generator())
         self.total_steps = self.task.total_steps(self.steps_per_epoch)
+        self.cadence = self.task.cadence(self.steps_per_epoch)
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
 
@@ -121,8 +127,9 @@ class Trainer:
         model = self.task.build_model(self.train_ds.dataset)
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(cfg.grad_checkpointing)
-        if getattr(cfg, "sync_bn", False) and d.distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ddp_kwargs: dict[str, Any] = {}
+        if d.distributed:
+            model, ddp_kwargs = self.task.for_ddp(model)
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -139,8 +146,7 @@ class Trainer:
         net: nn.Module = model
         if d.distributed:
             net = DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=getattr(cfg, "find_unused_parameters", False))
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None, **ddp_kwargs)
         self.net = torch.compile(net) if cfg.compile else net
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -198,9 +204,7 @@ class Trainer:
         if path is None:
             log.info("--resume auto: no checkpoint in %s, starting from scratch", self.run_dir)
             return None
-        ck = load_checkpoint(path)
-        if ck.get("task", "classification") != self.task.name or "model" not in ck:
-            raise CheckpointError(f"{path} is not a {self.task.name} training checkpoint of splitattn")
+        ck = _load_training_checkpoint(path, self.task.name)
         self.task.check_resume(ck, path)
         check_entries(ck, path)
         check_same_run(ck, path, global_batch=self.global_batch, train_size=self.train_size,
@@ -345,26 +349,20 @@ class Trainer:
 
     def _after_step(self) -> dict[str, Any] | None:
         """Log, evaluate and checkpoint where the schedule says; returns the record written, if any."""
-        cfg, step, spe = self.cfg, self.step, self.steps_per_epoch
+        step = self.step
         at_end = step >= self.total_steps
-        stopped_early = at_end and step < self.task.total_steps(spe)
-        if self.task.epoch_based:
-            epoch_end = step % spe == 0
-            log_now = epoch_end
-            eval_now = epoch_end and not stopped_early and ((step // spe) % cfg.eval_interval == 0 or at_end)
-        else:
-            log_now = step % cfg.log_period == 0 or at_end
-            eval_now = (at_end and not stopped_early) or bool(cfg.eval_period and step % cfg.eval_period == 0)
+        cut_short = at_end and step < self.task.total_steps(self.steps_per_epoch)
+        now = self.cadence.moments(step, at_end, cut_short)
         record: dict[str, Any] | None = None
         best = False
-        if log_now or eval_now:
+        if now.log or now.evaluate:
             record = self._record()
-            if eval_now and self.val_ds is not None:
+            if now.evaluate and self.val_ds is not None:
                 best = self._evaluate_into(record)
             self.metrics.log(record, step=step)
             self._print(record)
-        periodic = bool(cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0)
-        if periodic or at_end or eval_now or (self.task.epoch_based and log_now):
+        periodic = bool(self.cfg.checkpoint_interval and step % self.cfg.checkpoint_interval == 0)
+        if periodic or at_end or now.evaluate or now.save:
             self.save(best=best)
         return record
 
@@ -373,8 +371,7 @@ class Trainer:
         timed, seconds = self._clock[1], time.perf_counter() - self._clock[0]
         n = max(s["steps"], 1)
         rec: dict[str, Any] = {"epoch": math.ceil(self.step / spe), "step": self.step, "lr": s["lr"]}
-        if not self.task.epoch_based:
-            rec["iter"] = self.step
+        rec.update(self.cadence.stamp(self.step))
         rec.update(train_loss=s["loss"] / n, time=seconds,
                    train_images_per_sec=timed * self.global_batch / max(seconds, 1e-9))
         parts = {k[5:]: v / n for k, v in s.items() if k.startswith("part/")}
@@ -411,6 +408,16 @@ class Trainer:
         print(f"epoch {r['epoch']} step {r['step']}/{self.total_steps}: {vals}", flush=True)
 
 
+def _load_training_checkpoint(path: str | Path, task: str) -> dict[str, Any]:
+    """Checkpoint ``path``, refused (:class:`CheckpointError`, one line) when of a newer format or another
+    task; a checkpoint without ``task`` is of :data:`~splitattn.engine.config.DEFAULT_TASK`."""
+    ck = load_checkpoint(path)
+    check_format(ck, path)
+    if ck.get("task", DEFAULT_TASK) != task or "model" not in ck:
+        raise CheckpointError(f"{path} is not a {task} training checkpoint of splitattn")
+    return ck
+
+
 def _new_sums() -> dict[str, Any]:
     return {"loss": 0.0, "steps": 0, "skipped": 0, "lr": 0.0}
 
@@ -429,9 +436,7 @@ def evaluate_checkpoint(cfg: RunConfig, checkpoint: str | Path) -> dict[str, Any
     dist = init_distributed(cfg.device, cfg.dist_timeout)
     try:
         task = create_task(cfg)
-        ck = load_checkpoint(checkpoint)
-        if ck.get("task", "classification") != task.name or "model" not in ck:
-            raise CheckpointError(f"{checkpoint} is not a {task.name} training checkpoint of splitattn")
+        ck = _load_training_checkpoint(checkpoint, task.name)
         val = task.build_val_dataset(ck)
         model = task.build_model(None).to(dist.device)
         try:

@@ -15,9 +15,14 @@ from typing import Any
 
 from ..errors import CheckpointError, MissingFileError
 from .fileio import atomic_torch_save, safe_torch_load
+from .validation import short_repr
 
 CKPT_SUFFIX = ".ckpt"
 QUARANTINE_SUFFIX = ".corrupt"
+CHECKPOINT_FORMAT = "splitattn-train-2"
+"""The ``format`` entry written in training checkpoints."""
+READABLE_FORMATS = ("splitattn-train-1", CHECKPOINT_FORMAT)
+"""Formats :func:`check_format` accepts (a checkpoint without the entry, from before it, is read too)."""
 
 log = logging.getLogger("splitattn")
 
@@ -66,6 +71,20 @@ def require_entries(ck: dict[str, Any], keys: Sequence[str], path: str | os.Path
         entries = "entries" if len(missing) > 1 else "entry"
         raise CheckpointError(f"checkpoint {path} has no {', '.join(map(repr, missing))} {entries}; is it a "
                               "checkpoint of `splitattn train`?")
+
+
+def check_format(ck: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a training checkpoint of a format this version cannot read (a newer splitattn's).
+
+    Raises:
+        CheckpointError: one line naming ``path``, its format and the supported one.
+    """
+    fmt = ck.get("format")
+    if fmt is None or (isinstance(fmt, str) and fmt in READABLE_FORMATS):
+        return
+    raise CheckpointError(f"checkpoint {path} has format {short_repr(fmt, 60)}, this splitattn reads "
+                          f"{CHECKPOINT_FORMAT!r} and older; it was written by a newer splitattn: upgrade "
+                          "splitattn to use it")
 
 
 def _load_error(path: Path) -> CheckpointError | None:
@@ -138,5 +157,5 @@ def find_latest_checkpoint(run_dir: str | os.PathLike, quarantine: bool = False)
     return None
 
 
-__all__ = ["CheckpointError", "find_latest_checkpoint", "load_checkpoint", "quarantine", "require_entries",
-           "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "check_format", "find_latest_checkpoint",
+           "load_checkpoint", "quarantine", "require_entries", "save_checkpoint"]
