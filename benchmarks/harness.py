@@ -128,8 +128,8 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     only); ``+ckpt``: ``set_grad_checkpointing(True)`` (training only; splitattn and timm models);
     ``+ckpt-attn``: ``set_grad_checkpointing("attn")`` (training only; splitattn models);
     ``+int8``: :func:`splitattn.quantize` calibrated on random batches of the row's input (CPU; for
-    ``onnx:`` rows the QDQ model of :func:`~splitattn.deploy.export.export_onnx_int8`); ``+bf16``: bf16 weights
-    and inputs, through ``optimize_for_inference(dtype=torch.bfloat16)`` for splitattn models;
+    ``onnx:`` rows the QDQ model of :func:`~splitattn.deploy.export.export_onnx_int8`); ``+bf16``: bf16
+    weights and inputs, through ``optimize_for_inference(dtype=torch.bfloat16)`` for splitattn models;
     ``+bf16-compile``: the same through ``torch.compile`` with inductor freezing, as the INT8 rows run.
     ``@cl`` / ``@nchw``: this row's memory format, overriding ``channels_last``, so that models can be
     compared each in its best layout within one run.

@@ -11,7 +11,7 @@ import torch
 
 from conftest import TINY_TRAIN_ARGS
 from splitattn.data.synthetic import make_synthetic_imagefolder
-from splitattn.utils.checkpoint import load_checkpoint
+from splitattn.utils.train_checkpoint import load_checkpoint
 
 
 def _args(data, out, batch):

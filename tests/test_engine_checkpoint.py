@@ -13,7 +13,7 @@ from splitattn.engine import EpochProgress, MetricsLogger, read_metrics
 from splitattn.engine.rng import get_rng_state, set_rng_state
 from splitattn.errors import CheckpointError
 from splitattn.utils.amp import autocast, make_grad_scaler
-from splitattn.utils.checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
+from splitattn.utils.train_checkpoint import find_latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 def test_save_load_roundtrip_with_rng_state(tmp_path):

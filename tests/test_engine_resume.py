@@ -14,7 +14,7 @@ import pytest
 
 from conftest import TINY_TRAIN_ARGS
 from splitattn.data.synthetic import make_shapes_ade, make_shapes_coco, make_synthetic_imagefolder
-from splitattn.utils.checkpoint import load_checkpoint
+from splitattn.utils.train_checkpoint import load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

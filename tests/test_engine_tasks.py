@@ -20,7 +20,7 @@ from splitattn.engine.cadence import Cadence, EpochCadence, IterationCadence, Mo
 from splitattn.engine.config import CONFIG_CLASSES, RunConfig
 from splitattn.engine.schedule import WarmupSchedule
 from splitattn.engine.tasks import TASKS, Task, create_task
-from splitattn.utils.checkpoint import load_checkpoint
+from splitattn.utils.train_checkpoint import load_checkpoint
 
 
 class EveryThird(Cadence):

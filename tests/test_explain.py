@@ -15,7 +15,7 @@ from splitattn.cli import main
 from splitattn.data.preprocessing import DataConfig
 from splitattn.data.transforms import create_eval_transform
 from splitattn.explain.explanations import RANDOM_NOTE, grad_cam, load_explain_model, scale_transform
-from splitattn.utils.checkpoint import save_checkpoint
+from splitattn.utils.train_checkpoint import save_checkpoint
 
 CLASSES = ["ant", "bee", "cow"]
 KWARGS = {"stem_width": 8, "base_width": 8}

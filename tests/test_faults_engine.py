@@ -20,7 +20,7 @@ import torch
 from conftest import TINY_TRAIN_ARGS
 from splitattn.cli import main
 from splitattn.data.synthetic import make_synthetic_imagefolder
-from splitattn.utils.checkpoint import load_checkpoint
+from splitattn.utils.train_checkpoint import load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

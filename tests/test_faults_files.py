@@ -36,7 +36,13 @@ from splitattn.models._registry import get_model_cfg
 from splitattn.models._spec import ARG_RANGES, arg_checks
 from splitattn.models._weights import read_state_dict
 from splitattn.utils import fileio
-from splitattn.utils.checkpoint import find_latest_checkpoint, load_checkpoint, quarantine, save_checkpoint
+from splitattn.utils.train_checkpoint import (
+    CHECKPOINT_FORMAT,
+    find_latest_checkpoint,
+    load_checkpoint,
+    quarantine,
+    save_checkpoint,
+)
 
 CLASSES = ["ant", "bee", "cow"]
 KWARGS = {"stem_width": 8, "base_width": 8}
@@ -55,7 +61,7 @@ def _checkpoint_state() -> dict[str, Any]:
     opt.step()
     sched.step()
     return {
-        "format": 1, "task": "classification", "model": model.state_dict(), "model_ema": None,
+        "format": CHECKPOINT_FORMAT, "task": "classification", "model": model.state_dict(), "model_ema": None,
         "ema_n_averaged": 0, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(), "step": 1, "epoch": 0, "batch": 1,
         "best": None, "sums": {"loss": 1.5, "n": 2}, "rng": [get_rng_state()], "world_size": 1,
@@ -335,6 +341,9 @@ CKPT_CORRUPTIONS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
                           "1 missing keys (e.g. fc.bias)"),
     "task_tensor": (_set("task", torch.zeros(2)), "not a classification one"),
     "task_detection": (_set("task", "detection"), "is a detection checkpoint"),
+    "format_future": (_set("format", "splitattn-train-9"),
+                      "has format 'splitattn-train-9', this splitattn reads 'splitattn-train-2' and older"),
+    "format_not_text": (_set("format", torch.zeros(2)), "has format tensor("),
 }
 
 

@@ -23,7 +23,7 @@ from splitattn.cli import main
 from splitattn.data.synthetic import make_synthetic_imagefolder
 from splitattn.engine.resume import check_entries
 from splitattn.errors import CheckpointError
-from splitattn.utils.checkpoint import CHECKPOINT_FORMAT, check_format, load_checkpoint, save_checkpoint
+from splitattn.utils.train_checkpoint import CHECKPOINT_FORMAT, check_format, load_checkpoint, save_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 NEW_RUN = "start a new run (another --output, or --overwrite)"

@@ -35,7 +35,7 @@ from conftest import put_hf_repo
 from splitattn.cli import main
 from splitattn.errors import CheckpointError, SplitAttnError, WeightsError
 from splitattn.evaluation.predict import load_for_inference
-from splitattn.utils.checkpoint import find_latest_checkpoint, load_checkpoint
+from splitattn.utils.train_checkpoint import find_latest_checkpoint, load_checkpoint
 
 KWARGS = {"stem_width": 8, "base_width": 8}
 

@@ -23,7 +23,7 @@ from splitattn.evaluation.evaluate import evaluate_folder, shard_dataset, unwrap
 from splitattn.evaluation.metrics import SegmentationMetric, topk_hits
 from splitattn.evaluation.predict import export_weights, load_for_inference, predict_images
 from splitattn.models._spec import ModelSpec
-from splitattn.utils.checkpoint import load_checkpoint, save_checkpoint
+from splitattn.utils.train_checkpoint import load_checkpoint, save_checkpoint
 
 CLASSES = ["ant", "bee", "cow"]
 KWARGS = {"stem_width": 8, "base_width": 8}

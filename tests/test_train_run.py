@@ -12,7 +12,7 @@ from conftest import TINY_TRAIN_ARGS
 from splitattn.cli import main
 from splitattn.data.synthetic import make_synthetic_imagefolder
 from splitattn.engine import read_metrics
-from splitattn.utils.checkpoint import load_checkpoint
+from splitattn.utils.train_checkpoint import load_checkpoint
 
 SMALL = [*TINY_TRAIN_ARGS, "--set", "crop_pct=1.0"]
 

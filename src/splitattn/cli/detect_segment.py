@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-_TASK = {"detect": "detection", "segment": "segmentation"}
+from ..utils.train_checkpoint import DETECTION, SEGMENTATION
+
+_TASK = {"detect": DETECTION, "segment": SEGMENTATION}
 
 
 def _config(args: argparse.Namespace):

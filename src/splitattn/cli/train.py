@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from ..utils.train_checkpoint import CLASSIFICATION
+
 # Flags that map one-to-one onto config keys (flag name -> key); any other key: KEY=VALUE.
 _FLAGS: dict[str, tuple[str, type, str]] = {
     "--data": ("data", str, "folder holding train/ and val/ in ImageFolder layout"),
     "--output": ("output", str, "run folder (checkpoints, config.yaml, metrics.jsonl)"),
     "--model": ("model", str, "model name (see `splitattn info`)"),
     "--epochs": ("epochs", int, "number of epochs"),
-    "--batch-size": ("batch_size", int, "per-process batch (global = this x processes)"),
+    "--batch-size": ("batch_size", int, "global batch, split over the processes"),
     "--lr": ("lr", float, "peak LR (default: base_lr x global batch / 256)"),
     "--img-size": ("img_size", int, "training crop size"),
     "--pretrained": ("pretrained", str, "initial weights (path/URL); the classifier is re-initialised"),
@@ -47,7 +49,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..engine import load_config, train
 
-    train(load_config("classification", args.config, overrides_from_args(args)))
+    train(load_config(CLASSIFICATION, args.config, overrides_from_args(args)))
     return 0
 
 

@@ -134,8 +134,8 @@ def export_onnx_int8(
         method: ``"minmax"``, ``"entropy"`` or ``"percentile"`` (onnxruntime's ``CalibrationMethod``).
         reduce_range: 7-bit weights, which onnxruntime advises for CPUs without an int8 dot-product
             instruction (VNNI), whose 16-bit intermediate sums saturate otherwise. ``None``: when this
-            CPU lacks one (:func:`splitattn.deploy.quantization.default_reduce_range`), with a warning; pass it for
-            the CPU the model will run on.
+            CPU lacks one (:func:`splitattn.deploy.quantization.default_reduce_range`), with a warning;
+            pass it for the CPU the model will run on.
 
     Returns:
         The written path.

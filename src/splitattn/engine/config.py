@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError, MissingFileError
 from ..utils.fileio import atomic_write_text
+from ..utils.train_checkpoint import CLASSIFICATION, DETECTION, SEGMENTATION
 from ..utils.validation import short_repr
 from .yamlfile import MAX_CONFIG_BYTES, dump_yaml, load_yaml
 
@@ -87,7 +88,7 @@ class RunConfig:
 class ClassificationConfig(RunConfig):
     """The paper's ImageNet recipe for ResNeSt-50; per-model YAMLs in ``configs/`` override it."""
 
-    task: str = "classification"
+    task: str = CLASSIFICATION
     pretrained: bool | str | None = None       # path/URL/true: start from these weights (new classifier)
     drop_rate: float = _key(0.0, lo=0, hi=1)   # dropout before the classifier
     drop_block_rate: float = _key(0.1, lo=0, hi=1)  # final DropBlock probability, ramped from 0
@@ -138,7 +139,7 @@ class ClassificationConfig(RunConfig):
 class DetectionConfig(RunConfig):
     """The paper's COCO transfer recipe: scales 640-800 (max 1333), 1x schedule, batch 16, LR 0.02."""
 
-    task: str = "detection"
+    task: str = DETECTION
     model: Literal["faster_rcnn_fpn", "cascade_rcnn_fpn", "mask_rcnn_fpn", "cascade_mask_rcnn_fpn"] = (
         "faster_rcnn_fpn")
     backbone: str = "resnest50"
@@ -175,7 +176,7 @@ class DetectionConfig(RunConfig):
 class SegmentationConfig(RunConfig):
     """DeepLabV3 on a dilated ResNeSt with an auxiliary FCN head (the paper's ADE20K / Cityscapes runs)."""
 
-    task: str = "segmentation"
+    task: str = SEGMENTATION
     model: Literal["deeplabv3"] = "deeplabv3"
     backbone: str = "resnest50"
     pretrained_backbone: bool | str | None = None

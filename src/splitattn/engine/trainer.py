@@ -34,14 +34,14 @@ from ..errors import (
     worker_error,
 )
 from ..utils.amp import autocast, make_grad_scaler
-from ..utils.checkpoint import (
+from ..utils.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_dist
+from ..utils.train_checkpoint import (
     CHECKPOINT_FORMAT,
     check_format,
     find_latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from ..utils.distributed import DistInfo, all_reduce_sum, cleanup_distributed, init_distributed, is_dist
 from .config import DEFAULT_TASK, RunConfig, per_process_batch, save_config
 from .interrupt import StopRequest
 from .progress import EpochProgress, MetricsLogger

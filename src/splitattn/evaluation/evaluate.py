@@ -238,7 +238,8 @@ def evaluate_folder(weights: str, data: str, model_name: str | None = None, img_
         precision: ``"fp32"``; ``"bf16"``: the model of ``optimize_for_inference(model,
             dtype=torch.bfloat16)`` on bf16 inputs; ``"int8"``: :func:`splitattn.quantize` (CPU only),
             calibrated on ``calibration_images`` images of ``calibration``; on a CPU without INT8 kernels
-            (see :func:`~splitattn.deploy.quantization.int8_support_problem`) its reference graph, with a warning.
+            (see :func:`~splitattn.deploy.quantization.int8_support_problem`) its reference graph, with a
+            warning.
             For bf16 and int8 the fp32 model is evaluated first, on the same images.
         calibration: the folder of calibration images (default: the ``train`` folder next to the val
             folder).

@@ -24,7 +24,15 @@ from ..models._factory import build_model, model_from_weights
 from ..models._registry import resolve_name
 from ..models._spec import ModelSpec, read_spec
 from ..models._weights import classifier_rows, file_problem, read_weights, save_weights, state_dict_of
-from ..utils.checkpoint import CKPT_SUFFIX, load_checkpoint, require_entries
+from ..utils.train_checkpoint import (
+    CKPT_SUFFIX,
+    CLASSIFICATION,
+    DETECTION,
+    SEGMENTATION,
+    check_format,
+    load_checkpoint,
+    require_entries,
+)
 from ..utils.validation import Invalid
 
 WEIGHTS_SUFFIX = ".safetensors"
@@ -78,9 +86,10 @@ def _classification_checkpoint(path: Path, ema: bool, model_name: str | None = N
                                ) -> tuple[nn.Module, ModelSpec, dict[str, str]]:
     """``(model, its record, export metadata)`` of the (EMA) weights of a ``splitattn train`` checkpoint."""
     ck = load_checkpoint(path)
-    task = ck.get("task", "classification")
-    if not isinstance(task, str) or task != "classification":
-        commands = {"detection": "detect", "segmentation": "segment"}
+    check_format(ck, path)
+    task = ck.get("task", CLASSIFICATION)
+    if not isinstance(task, str) or task != CLASSIFICATION:
+        commands = {DETECTION: "detect", SEGMENTATION: "segment"}
         command = commands.get(task) if isinstance(task, str) else None
         how = (f"evaluate it with `splitattn {command} eval --config RECIPE --checkpoint {path}`" if command
                else "it is not a checkpoint of `splitattn train`")

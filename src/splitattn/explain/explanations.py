@@ -47,7 +47,8 @@ def load_explain_model(model_name: str | None = None, weights: str | os.PathLike
     Args:
         model_name: a zoo model; alone it has random weights (seeded by ``seed``) unless ``pretrained``.
         weights: a ``.ckpt`` of ``splitattn train`` or a weights file, read by
-            :func:`splitattn.evaluation.predict.load_for_inference` (``model_name`` then overrides the recorded one).
+            :func:`splitattn.evaluation.predict.load_for_inference` (``model_name`` then overrides the
+            recorded one).
         pretrained: the released ImageNet weights of ``model_name`` (downloaded).
         ema: the EMA weights of a training checkpoint.
         seed: the random init's seed (the caller's RNG state is left as it was).

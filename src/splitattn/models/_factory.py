@@ -1,9 +1,10 @@
 """``create_model``: build a registered model, a Hugging Face Hub model or a saved folder, with weights.
 
 A model name is a registered name or alias (``"resnest50"``, timm's ``"resnest50d.in1k"``),
-``"hf-hub:owner/repo[@rev]"`` or ``"local-dir:PATH"`` (see :mod:`splitattn.models._hub`). Whatever the weights come
-with (a Hub or folder ``config.json``, a splitattn file's metadata, a classifier's shape) rebuilds the model
-they came from: its architecture arguments, ``in_chans`` and ``num_classes``, unless the caller gives them.
+``"hf-hub:owner/repo[@rev]"`` or ``"local-dir:PATH"`` (see :mod:`splitattn.models._hub`). Whatever the weights
+come with (a Hub or folder ``config.json``, a splitattn file's metadata, a classifier's shape) rebuilds the
+model they came from: its architecture arguments, ``in_chans`` and ``num_classes``, unless the caller gives
+them.
 """
 
 from __future__ import annotations

@@ -495,9 +495,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, label_nam
     (architecture arguments, ``in_chans``, ``num_classes``, label names) with these weights; so does
     ``timm.create_model("local-dir:DIR")`` for the models timm has (``architecture`` is timm's name,
     e.g. ``resnest50d``; a variant timm cannot build keeps splitattn's name). The folder is written whole
-    or not at all (:func:`~splitattn.utils.fileio.atomic_write_dir`: a kill at any moment leaves the old folder
-    or the new one; other files in it are kept), and ``config.json`` records the weights' SHA-256, which
-    loading checks.
+    or not at all (:func:`~splitattn.utils.fileio.atomic_write_dir`: a kill at any moment leaves the old
+    folder or the new one; other files in it are kept), and ``config.json`` records the weights' SHA-256,
+    which loading checks.
 
     Args:
         model: a classifier of :func:`splitattn.create_model`, ``(B, in_chans, H, W) -> (B, num_classes)``.

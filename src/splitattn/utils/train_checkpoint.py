@@ -23,6 +23,9 @@ CHECKPOINT_FORMAT = "splitattn-train-2"
 """The ``format`` entry written in training checkpoints."""
 READABLE_FORMATS = ("splitattn-train-1", CHECKPOINT_FORMAT)
 """Formats :func:`check_format` accepts (a checkpoint without the entry, from before it, is read too)."""
+CLASSIFICATION, DETECTION, SEGMENTATION = "classification", "detection", "segmentation"
+"""The ``task`` a checkpoint records: the names of the engine's tasks, defined here, in the lowest layer
+that reads them (a checkpoint without the entry is a classification one)."""
 
 log = logging.getLogger("splitattn")
 
