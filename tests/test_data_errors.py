@@ -103,7 +103,7 @@ def test_unknown_config_key_suggests_closest(tmp_path, data, capsys):
 
 
 def test_config_inheritance_and_overrides(tmp_path):
-    (tmp_path / "base.yaml").write_text("epochs: 3\nlabel_smoothing: 0.2\namp: off\n")
+    (tmp_path / "base.yaml").write_text("config_version: 2\nepochs: 3\nlabel_smoothing: 0.2\namp: off\n")
     (tmp_path / "child.yaml").write_text("_base_: base.yaml\nepochs: 5\n")
     cfg = load_config(None, tmp_path / "child.yaml", {"batch_size": 7, "lr": None})
     assert (cfg.epochs, cfg.label_smoothing, cfg.batch_size, cfg.amp) == (5, 0.2, 7, "off")
