@@ -19,12 +19,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m ruff check src tests benchmarks
-	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 	$(VPY) -m pytest -q -n 2 --durations=15
 
 lint: $(STAMP)
 	$(VPY) -m ruff check src tests benchmarks
-	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 bench: $(STAMP)
 	$(VPY) benchmarks/bench.py --device cpu
