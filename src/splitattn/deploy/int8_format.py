@@ -43,6 +43,8 @@ _SETTINGS_CHECKS = {
     "input_shape": sequence(integer(1, 65536), 3, 3, "3 integers (C, H, W)"),
     "calibration_images": integer(0, 2**40), "attention": choice("int8", "fp32"), "reduce_range": boolean,
     "model": text, "torch": text, "torchao": text,
+    # Whether the Split-Attention convs' outputs are quantized (deploy.int8_fusion); absent in older files.
+    "int8_split": boolean,
 }
 
 

@@ -6,9 +6,9 @@ tensor, affine, ranges from histogram observers over the calibration batches), c
 it. The result, a :class:`QuantizedModel`, holds the quantized program (quantize/dequantize ops around
 float ops) and runs it through ``torch.compile`` with inductor's freezing, which turns each
 dequantize -> conv -> (add) -> (ReLU) -> quantize chain into one oneDNN INT8 convolution (VNNI
-``vpdpbusd``) with pre-packed weights. Ops the quantizer does not cover stay in fp32 between them: the
-Split-Attention softmax over the radix and the attention-weighted sum of the splits, whose inputs are
-dequantized.
+``vpdpbusd``) with pre-packed weights. The Split-Attention pooling, r-softmax and weighted sum compute in
+fp32 from the grouped conv's INT8 output (:mod:`splitattn.deploy.int8_fusion`): no map goes through memory in
+float between two convs.
 
 :meth:`QuantizedModel.save` writes tensors and JSON only (:mod:`splitattn.deploy.int8_format`): the program's
 constants in safetensors, the float model's record, the quantization settings and each quantize op's scale
@@ -45,6 +45,7 @@ from ..models._weights import file_problem
 from ..utils.fileio import atomic_write
 from .cpu_features import cpu_flags
 from .int8_format import FORMAT, VERSION, bind_graph_state, read_int8_file, write_int8_file
+from .int8_fusion import fast_int8_loads, x86_quantizer
 
 __all__ = [
     "INT8_FLAGS", "QuantizedModel", "calibration_batches", "check_int8_support", "cpu_flags",
@@ -235,6 +236,7 @@ def quantize(
         "format": FORMAT, "version": VERSION, "backend": backend, "input_shape": list(first.shape[1:]),
         "calibration_images": 0, "attention": attention, "reduce_range": reduce_range,
         "model": _model_name(model), "torch": torch.__version__, "torchao": _torchao_version(),
+        "int8_split": True,
     }
     converted, settings["calibration_images"] = _convert(model, _chain(first, stream), settings, pt2e, x86)
     spec = _model_spec(model)
@@ -260,12 +262,12 @@ def _model_spec(model: nn.Module) -> ModelSpec | None:
 def _convert(model: nn.Module, batches: Iterable[torch.Tensor], settings: Mapping[str, Any], pt2e: Any,
              x86: Any) -> tuple[torch.fx.GraphModule, int]:
     """``(quantized graph of model, images observed)``: captured, prepared as ``settings`` say (``attention``,
-    ``reduce_range``), observed on ``batches``, converted."""
+    ``reduce_range``, ``int8_split``: absent in older files, which rebuild without), observed, converted."""
     batches = iter(batches)
     first = next(batches)
     graph = _capture(model, first)
-    quantizer = x86.X86InductorQuantizer()
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(reduce_range=settings["reduce_range"]))
+    config = x86.get_default_x86_inductor_quantization_config(reduce_range=settings["reduce_range"])
+    quantizer = x86_quantizer(x86, model, config, split_outputs=settings.get("int8_split", False))
     if settings["attention"] == "fp32":
         for name in _attention_modules(model):
             quantizer.set_module_name_qconfig(name, None)
@@ -415,7 +417,7 @@ class QuantizedModel(nn.Module):
 def _inductor_freezing() -> Iterator[None]:
     import torch._inductor.config as inductor_config
 
-    with inductor_config.patch(freezing=True):
+    with inductor_config.patch(freezing=True), fast_int8_loads():
         yield
 
 

@@ -102,6 +102,19 @@ def radix_softmax(logits: torch.Tensor, radix: int, cardinality: int) -> torch.T
     return torch.sigmoid(logits)
 
 
+def _spatial_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x.sum((2, 3), keepdim=True)``: ``(B, C, H, W) -> (B, C, 1, 1)``.
+
+    Compiled (or exported) for the CPU, the map is summed row by row, then over the rows: on a
+    channels_last map inductor vectorizes a sum over H and W along C and walks the whole map once per vector
+    of channels (the map leaves the cache between walks), while a row of W * C values stays in L1 for all
+    channels. Elsewhere one ``sum`` (the same numbers up to rounding).
+    """
+    if torch.compiler.is_compiling() and x.device.type == "cpu":
+        return x.sum(3, keepdim=True).sum(2, keepdim=True)
+    return x.sum((2, 3), keepdim=True)
+
+
 class SplitAttn(nn.Module):
     """Split-Attention 3x3 convolution: the ``conv2`` of a ResNeSt bottleneck.
 
@@ -193,7 +206,7 @@ class SplitAttn(nn.Module):
         # Pool the expanded map once and sum the R pooled vectors: the mean is linear, so this equals
         # pooling the sum of the splits without materialising that (B, C, H, W) sum. Sum, then divide the
         # small vector: the backward of a sum is a broadcast view, that of a mean a materialised map.
-        gap = x.sum((2, 3), keepdim=True)
+        gap = _spatial_sum(x)
         if self.radix > 1:
             gap = gap.view(b, self.radix, self.out_channels, 1, 1).sum(1)
         gap = self.act1(self.bn1(self.fc1(gap / (h * w))))
@@ -210,6 +223,26 @@ class SplitAttn(nn.Module):
         """Everything after the grouped conv: ``(B, R*C, H, W)`` conv output -> ``(B, C, H, W)``."""
         x = self.act0(self.drop(self.bn0(x)))
         return radix_weighted_sum(x, self.attention(x), self.radix)
+
+    @torch.jit.unused
+    def forward_pooled(self, x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
+        """``pool(self(x))`` for inference, with the splits pooled before the attention-weighted sum.
+
+        The weights are constant over space and the pool is linear, so ``pool(sum_r a_r U_r) =
+        sum_r a_r pool(U_r)`` (equal up to fp32 rounding): the weighted sum runs at the pooled resolution,
+        and a compiled program fuses the pool, the weighted sum and (INT8) the next quantize into one pass
+        over ``U`` with no full-resolution float map in between. A ResNeSt block with the avd pool after
+        its SplitAttn (``avd_last``) calls this in eval mode.
+
+        Args:
+            x: ``(B, C_in, H, W)``.
+            pool: an average pool (``(B, R*C, H, W) -> (B, R*C, H', W')``).
+
+        Returns:
+            ``(B, C_out, H', W')``.
+        """
+        u = self.act0(self.drop(self.bn0(self.conv(x))))
+        return radix_weighted_sum(pool(u), self.attention(u), self.radix)
 
     @torch.jit.unused
     def _checkpointed_tail(self, x: torch.Tensor) -> torch.Tensor:

@@ -188,8 +188,21 @@ class ResNeStBottleneck(nn.Module):
         """The residual branch up to ``conv3``: conv1 -> conv2 with the avd pool; ``(B, gw, H', W')``."""
         out = self.act1(self.drop_block1(self.bn1(self.conv1(x))))
         out = self.avd_first(out)
+        if not self.training and not torch.jit.is_scripting() and self._pool_before_sum():
+            return self._pooled_conv2(out)
         out = self.act2(self.drop_block2(self.bn2(self.conv2(out))))
         return self.avd_last(out)
+
+    @torch.jit.unused
+    def _pool_before_sum(self) -> bool:
+        # A SplitAttn followed by the avd pool, neither hooked (a hook sees each module's own call).
+        return (type(self.conv2) is SplitAttn and type(self.avd_last) is nn.AvgPool2d
+                and not any(m._forward_hooks or m._forward_pre_hooks for m in (self.conv2, self.avd_last)))
+
+    @torch.jit.unused
+    def _pooled_conv2(self, x: torch.Tensor) -> torch.Tensor:
+        """``avd_last(conv2(x))``, pooling the splits before the weighted sum (SplitAttn.forward_pooled)."""
+        return self.conv2.forward_pooled(x, self.avd_last)
 
     def zero_init_last(self) -> None:
         """Zero the last norm's scale so the block starts as the identity (paper's "zero gamma")."""
