@@ -102,19 +102,6 @@ def radix_softmax(logits: torch.Tensor, radix: int, cardinality: int) -> torch.T
     return torch.sigmoid(logits)
 
 
-def _spatial_sum(x: torch.Tensor) -> torch.Tensor:
-    """``x.sum((2, 3), keepdim=True)``: ``(B, C, H, W) -> (B, C, 1, 1)``.
-
-    Compiled (or exported) for the CPU, the map is summed row by row, then over the rows: on a
-    channels_last map inductor vectorizes a sum over H and W along C and walks the whole map once per vector
-    of channels (the map leaves the cache between walks), while a row of W * C values stays in L1 for all
-    channels. Elsewhere one ``sum`` (the same numbers up to rounding).
-    """
-    if torch.compiler.is_compiling() and x.device.type == "cpu":
-        return x.sum(3, keepdim=True).sum(2, keepdim=True)
-    return x.sum((2, 3), keepdim=True)
-
-
 class SplitAttn(nn.Module):
     """Split-Attention 3x3 convolution: the ``conv2`` of a ResNeSt bottleneck.
 
@@ -206,7 +193,7 @@ class SplitAttn(nn.Module):
         # Pool the expanded map once and sum the R pooled vectors: the mean is linear, so this equals
         # pooling the sum of the splits without materialising that (B, C, H, W) sum. Sum, then divide the
         # small vector: the backward of a sum is a broadcast view, that of a mean a materialised map.
-        gap = _spatial_sum(x)
+        gap = x.sum((2, 3), keepdim=True)
         if self.radix > 1:
             gap = gap.view(b, self.radix, self.out_channels, 1, 1).sum(1)
         gap = self.act1(self.bn1(self.fc1(gap / (h * w))))
