@@ -413,11 +413,18 @@ class QuantizedModel(nn.Module):
         return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 
+INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": False}
+"""How a :class:`QuantizedModel` compiles: freezing folds the weights into oneDNN's pre-packed INT8 convs.
+``cpp_wrapper=True`` (inductor's C++ wrapper, no Python line per kernel) runs resnest50 INT8 faster at
+batch 1 but doubles the first call's compile time; it is off (figures in benchmarks/RESULTS.md,
+``benchmarks/int8_wrapper_ab.py``)."""
+
+
 @contextlib.contextmanager
 def _inductor_freezing() -> Iterator[None]:
     import torch._inductor.config as inductor_config
 
-    with inductor_config.patch(freezing=True), fast_int8_loads():
+    with inductor_config.patch(INDUCTOR_OPTIONS), fast_int8_loads():
         yield
 
 
