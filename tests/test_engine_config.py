@@ -9,7 +9,7 @@ import pytest
 
 from splitattn.cli import main
 from splitattn.engine import ClassificationConfig, DetectionConfig, SegmentationConfig, load_config
-from splitattn.engine.config import CONFIG_VERSION, parse_override, per_process_batch
+from splitattn.engine.config import CONFIG_VERSION, parse_override, per_process_batch, save_config
 from splitattn.errors import ConfigError, MissingFileError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -147,6 +147,18 @@ def test_an_old_classification_config_keeps_its_per_process_batch_with_a_warning
     assert not caplog.messages
     with pytest.raises(ConfigError, match="config key 'task' on the command line cannot change the task"):
         load_config("classification", overrides={"task": "detection"})
+
+
+@pytest.mark.parametrize("text", ["config_version: 2\nbatch_size_per_process: 32\n",
+                                  "config_version: 2\nbatch_size: 24\n", "batch_size: 8\n"])
+def test_a_saved_run_config_loads_back_as_the_same_config(tmp_path, text):
+    """A run folder's config.yaml (save_config) holds one batch key, so --config on it gives the same run."""
+    (tmp_path / "r.yaml").write_text(text)
+    cfg = load_config(None, tmp_path / "r.yaml")
+    save_config(cfg, tmp_path / "saved.yaml")
+    saved = (tmp_path / "saved.yaml").read_text()
+    assert ("batch_size_per_process:" in saved) != ("\nbatch_size:" in saved)
+    assert load_config(None, tmp_path / "saved.yaml") == cfg
 
 
 def test_cli_prints_project_errors_as_one_line(tmp_path, capsys):

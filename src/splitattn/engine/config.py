@@ -224,7 +224,7 @@ def _other_of(key: str) -> list[str]:
 
 def _check_one_of(values: dict[str, Any], where: str) -> None:
     for group in ONE_OF:
-        given = [k for k in group if k in values]
+        given = [k for k in group if values.get(k) is not None]
         if len(given) > 1:
             raise ConfigError(f"{where}: {' and '.join(given)} are both given; keep one (batch_size is the "
                               "global batch, batch_size_per_process the batch of each process)")
@@ -452,8 +452,14 @@ def per_process_batch(cfg: RunConfig, world_size: int) -> int:
 
 
 def save_config(cfg: RunConfig | dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write a config (or a dict of resolved values) as YAML, atomically."""
+    """Write a config (or a dict of resolved values) as YAML, atomically, in a form :func:`load_config`
+    reads back: of each :data:`ONE_OF` group only the key that is in use (the first unless another is
+    set)."""
     data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    for first, *others in ONE_OF:
+        used = [k for k in others if data.get(k) is not None]
+        for k in ([first] if used else []) + [k for k in others if k not in used]:
+            data.pop(k, None)
     return atomic_write_text(path, dump_yaml(data))
 
 
