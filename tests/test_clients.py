@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -65,6 +67,18 @@ def _flat(out: object) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("route", ["create_feature_extractor", "convert_fx"])
 def test_fx_graph_modules_script_and_match_eager(route: str) -> None:
+    """In a fresh interpreter: TorchScript's compilation caches are process-wide, and in one of six full
+    runs of the suite the tests before this one had left them unable to compile torch's own
+    ``Conv2d._conv_forward`` ("builtin cannot be used as a value"); alone, or after any test file run
+    alone before it, it passes."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import test_clients; "
+            f"test_clients.check_fx_graph_module_scripts({route!r})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-4000:]
+
+
+def check_fx_graph_module_scripts(route: str) -> None:
+    """The FX GraphModule of ``route`` scripts, and the script computes what the module and the model do."""
     model = _model()
     x = _input()
     gm = _graph_module(route, model, x)
