@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser = argparse.ArgumentParser(
-        prog="splitattn", description="ResNeSt (Split-Attention Networks): models, training, evaluation, export, explanations."
+        prog="splitattn",
+        description="ResNeSt (Split-Attention Networks): models, training, evaluation, export, explanations.",
     )
     parser.add_argument("--version", action="version", version=f"splitattn {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
