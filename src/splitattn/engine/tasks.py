@@ -46,7 +46,13 @@ from ..models._spec import RECORD_KEY, ModelSpec, read_spec
 from ..utils.distributed import is_dist
 from ..utils.validation import Invalid
 from .cadence import Cadence, EpochCadence, IterationCadence
-from .config import ClassificationConfig, DetectionConfig, RunConfig, SegmentationConfig
+from .config import (
+    ClassificationConfig,
+    DetectionConfig,
+    RunConfig,
+    SegmentationConfig,
+    per_process_batch,
+)
 from .schedule import WarmupSchedule, drop_block_prob_at
 
 Batch = tuple[Any, Any, int]  # inputs, targets, number of unreadable images skipped
@@ -245,8 +251,7 @@ class ClassificationTask(Task):
 
     def evaluate(self, model: nn.Module, val_ds: Dataset, device: torch.device, amp: str,
                  channels_last: bool) -> dict[str, float]:
-        world = torch.distributed.get_world_size() if is_dist() else 1
-        batch = self.cfg.batch_size_per_process or max(self.cfg.batch_size // world, 1)
+        batch = per_process_batch(self.cfg, torch.distributed.get_world_size() if is_dist() else 1)
         loader = DataLoader(shard_dataset(val_ds), batch_size=batch, shuffle=False,
                             num_workers=self.cfg.workers, pin_memory=device.type == "cuda",
                             collate_fn=collate_skip_bad, generator=torch.Generator())
