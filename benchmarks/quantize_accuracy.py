@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--calibration-batches", type=int, default=4)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--compile", action="store_true", help="run the INT8 kernels (inductor)")
-    p.add_argument("--attention", default="int8", choices=["int8", "fp32"])
+    p.add_argument("--attention", default="fp32", choices=["int8", "fp32"])
     args = p.parse_args()
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)

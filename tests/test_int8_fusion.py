@@ -4,6 +4,8 @@
   tail through dequantize), so the only convs with a float output read in float are the attention MLP's
   ``fc2`` (its logits feed the r-softmax); each tensor is quantized at most once.
 - A file of the previous layout (no ``int8_split`` setting) rebuilds as it was written.
+- The fp32 attention MLP (the default) runs as linear layers, computing what its convs computed; a file
+  written before (no ``attention_linear`` setting) rebuilds with the convs.
 - On AVX2, inductor's kernels compiled under :func:`fast_int8_loads` load 8-bit data with one instruction,
   computing the same numbers.
 """
@@ -40,7 +42,7 @@ def _quantized_tensors(graph: torch.fx.GraphModule) -> list[torch.fx.Node]:
 def test_split_attn_convs_hand_int8_on(radix: int) -> None:
     model = _tiny(radix)
     calibration = [torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))]
-    qmodel = splitattn.quantize(model, calibration, compile=False)
+    qmodel = splitattn.quantize(model, calibration, compile=False, attention="int8")
     graph = qmodel.graph_module
     n_split = sum(isinstance(m, SplitAttn) for m in model.modules())
     assert int8_fusion.split_attn_outputs(model) == {f"layer{i}.0.conv2.act0" for i in range(1, 5)}
@@ -82,6 +84,49 @@ def test_file_of_the_previous_layout_rebuilds_as_written(tmp_path) -> None:
     assert "int8_split" not in again.info
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(again(x), old(x), atol=0, rtol=0)
+
+
+def _linears(graph: torch.fx.GraphModule) -> int:
+    return sum(n.target is torch.ops.aten.linear.default for n in graph.graph.nodes)
+
+
+def _pooled_convs(graph: torch.fx.GraphModule) -> int:
+    """Float convs on a (B, C, 1, 1) map: what the attention MLP is before the rewrite."""
+    return sum(n.op == "call_function" and "conv" in str(n.target) and "val" in n.meta
+               and tuple(n.meta["val"].shape[2:]) == (1, 1) for n in graph.graph.nodes)
+
+
+@needs_torchao
+@pytest.mark.parametrize("cardinality", [1, 2])
+def test_float_attention_runs_as_linear_layers(cardinality: int, tmp_path) -> None:
+    model = randomize_stats(splitattn.ResNeSt(layers=(1, 1, 1, 1), radix=2, cardinality=cardinality,
+                                              stem_width=8, base_width=8, num_classes=10)).eval()
+    calibration = [torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))]
+    qmodel = splitattn.quantize(model, calibration, compile=False)  # attention="fp32" by default
+    assert qmodel.info["attention"] == "fp32" and qmodel.info["attention_linear"] is True
+    graph = qmodel.graph_module
+    n_split = sum(isinstance(m, SplitAttn) for m in model.modules())
+    names = int8_fusion.attention_mlp_convs(model)
+    assert len(names) == 2 * n_split
+    # fc1 and fc2 of every block, one linear per cardinal group, and the classifier; no conv reads a
+    # float input or hands a float output on.
+    assert _linears(graph) == 2 * n_split * cardinality + 1
+    assert _pooled_convs(graph) == 0
+    assert int8_fusion.float_round_trips(graph) == []
+    # A file written before the rewrite (no "attention_linear") rebuilds with the convs, and computes the
+    # same numbers up to fp32 rounding.
+    pt2e, x86 = qmod._import_torchao()
+    settings = {k: v for k, v in qmodel.info.items() if k != "attention_linear"}
+    before, _ = qmod._convert(model, calibration, settings, pt2e, x86)
+    assert _linears(before) == 1 and _pooled_convs(before) == 2 * n_split
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(qmodel(x), before(x), atol=1e-5, rtol=1e-5)
+    path = qmod.QuantizedModel(before, settings, compile=False).save(tmp_path / "old.int8.safetensors")
+    again = splitattn.load_quantized(path, compile=False, model=model)
+    assert "attention_linear" not in again.info and _pooled_convs(again.graph_module) == 2 * n_split
+    # The rewrite leaves a conv it cannot express as a linear (here: a 3x3 one) as it is.
+    assert int8_fusion.attention_as_linear(graph, ["layer1.0.conv2.conv"]) == 0
 
 
 def test_load8_rewrite_only_touches_8_value_loads() -> None:

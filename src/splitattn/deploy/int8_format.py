@@ -45,6 +45,8 @@ _SETTINGS_CHECKS = {
     "model": text, "torch": text, "torchao": text,
     # Whether the Split-Attention convs' outputs are quantized (deploy.int8_fusion); absent in older files.
     "int8_split": boolean,
+    # Whether fp32 attention convs run as linear layers (deploy.int8_fusion); absent in older files.
+    "attention_linear": boolean,
 }
 
 

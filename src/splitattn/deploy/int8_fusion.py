@@ -13,6 +13,10 @@ oneDNN INT8 conv writing ``uint8``, and inductor fuses the dequantize of ``U`` i
 kernels (pooling; r-softmax + weighted sum + the quantize for ``conv3``): ``U`` is written and read as one
 byte per value instead of four, quantized once.
 
+:func:`attention_as_linear` runs the attention MLP (``fc1``, ``fc2`` on the pooled ``(B, C, 1, 1)``
+vector), which ``quantize`` leaves in fp32 by default, as linear layers: a oneDNN conv call costs tens of
+microseconds on such a vector whatever its size (32 of them per ResNeSt-50 step), a pre-packed GEMM a few.
+
 :func:`fast_int8_loads` makes the kernels that read INT8 data fast on AVX2 CPUs (inductor's 8-bit vector
 loads take ATen's slow partial-load path there), for the tail and for the INT8 pools alike.
 :func:`float_round_trips` and :func:`count_quant_ops` read a converted graph, for checks of that structure.
@@ -30,7 +34,8 @@ from torch import nn
 
 from ..layers.split_attn import SplitAttn
 
-__all__ = ["count_quant_ops", "fast_int8_loads", "float_round_trips", "split_attn_outputs", "x86_quantizer"]
+__all__ = ["attention_as_linear", "attention_mlp_convs", "count_quant_ops", "fast_int8_loads",
+           "float_round_trips", "split_attn_outputs", "x86_quantizer"]
 
 _RELU = (torch.ops.aten.relu.default, torch.ops.aten.relu_.default)
 _CONV = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
@@ -49,6 +54,85 @@ def split_attn_outputs(model: nn.Module) -> set[str]:
     """
     return {f"{name}.act0" if name else "act0" for name, m in model.named_modules()
             if isinstance(m, SplitAttn) and isinstance(m.act0, nn.ReLU)}
+
+
+def attention_mlp_convs(model: nn.Module) -> list[str]:
+    """Module names of the Split-Attention ``fc1`` / ``fc2`` convs (the attention MLP on the pooled vector).
+
+    Args:
+        model: a float model.
+
+    Returns:
+        Names such as ``"layer1.0.conv2.fc1"``, in module order; empty without Split-Attention.
+    """
+    return [f"{name}.{fc}" if name else fc for name, m in model.named_modules() if isinstance(m, SplitAttn)
+            for fc in ("fc1", "fc2")]
+
+
+def attention_as_linear(graph: torch.fx.GraphModule, names: Iterable[str]) -> int:
+    """Rewrite each float conv of ``names`` on a ``(B, C, 1, 1)`` map as ``linear`` on ``(B, C)``.
+
+    Inductor with freezing lowers a float linear with a constant weight to a pre-packed GEMM whose call
+    costs a few microseconds, where a oneDNN conv costs tens on any input size. A conv with ``K`` groups
+    becomes ``K`` linears on its channel groups, concatenated. The weights stay the graph's own constants
+    (reshaped in the graph, which freezing folds), so the program reads the same tensors as before.
+
+    Args:
+        graph: a converted graph; the named convs are float (``quantize(..., attention="fp32")``), 1x1,
+            stride 1, no padding, applied to a pooled vector.
+        names: module names of :func:`attention_mlp_convs`.
+
+    Returns:
+        How many convs it rewrote (a conv of another shape is left as it is).
+    """
+    wanted, g, n = set(names), graph.graph, 0
+    for node in list(g.nodes):
+        if node.op != "call_function" or node.target not in _CONV or _module_path(node) not in wanted:
+            continue
+        if not _is_pointwise_conv(node):
+            continue
+        x, w, b = node.args[:3]
+        groups = int(node.args[8] if node.target is torch.ops.aten.convolution.default else
+                     (node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)))
+        c_out, c_in = node.meta["val"].shape[1], x.meta["val"].shape[1]
+        with g.inserting_before(node):
+            flat = g.call_function(torch.ops.aten.flatten.using_ints, (x, 1))
+            weight = g.call_function(torch.ops.aten.flatten.using_ints, (w, 1))
+            outs = []
+            for k in range(groups):  # fc1 / fc2 are grouped by the cardinality
+                i, o = slice(k * c_in // groups, (k + 1) * c_in // groups), slice(
+                    k * c_out // groups, (k + 1) * c_out // groups)
+                xk = flat if groups == 1 else g.call_function(
+                    torch.ops.aten.slice.Tensor, (flat, 1, i.start, i.stop))
+                wk = weight if groups == 1 else g.call_function(
+                    torch.ops.aten.slice.Tensor, (weight, 0, o.start, o.stop))
+                bk = b if b is None or groups == 1 else g.call_function(
+                    torch.ops.aten.slice.Tensor, (b, 0, o.start, o.stop))
+                outs.append(g.call_function(torch.ops.aten.linear.default, (xk, wk, bk)))
+            y = outs[0] if groups == 1 else g.call_function(torch.ops.aten.cat.default, (outs, 1))
+            y = g.call_function(torch.ops.aten.unsqueeze.default,
+                                (g.call_function(torch.ops.aten.unsqueeze.default, (y, -1)), -1))
+        y.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace", "val")})
+        node.replace_all_uses_with(y)
+        g.erase_node(node)
+        n += 1
+    if n:
+        graph.recompile()
+    return n
+
+
+def _is_pointwise_conv(node: torch.fx.Node) -> bool:
+    """A 2D conv with a 1x1 kernel, stride 1, no padding, on a 1x1 map (shapes from the capture)."""
+    x, w = node.args[0], node.args[1]
+    val_x, val_w = getattr(x, "meta", {}).get("val"), getattr(w, "meta", {}).get("val")
+    if val_x is None or val_w is None or val_x.dim() != 4 or tuple(val_w.shape[2:]) != (1, 1):
+        return False
+    if tuple(val_x.shape[2:]) != (1, 1):
+        return False
+    defaults = ([1, 1], [0, 0], [1, 1])
+    given = node.args[3:6]
+    return all(list(a) == d for a, d in zip(given, defaults)) and (
+        node.target is not torch.ops.aten.convolution.default or not node.args[6])
 
 
 def _module_path(node: torch.fx.Node) -> str | None:
