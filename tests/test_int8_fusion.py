@@ -125,6 +125,12 @@ def test_float_attention_runs_as_linear_layers(cardinality: int, tmp_path) -> No
     path = qmod.QuantizedModel(before, settings, compile=False).save(tmp_path / "old.int8.safetensors")
     again = splitattn.load_quantized(path, compile=False, model=model)
     assert "attention_linear" not in again.info and _pooled_convs(again.graph_module) == 2 * n_split
+    if cardinality == 2 and qmod.int8_support_problem() is None:
+        # Compiled (inductor: the linears of the cardinal groups as pre-packed GEMMs, concatenated).
+        compiled = qmod.QuantizedModel(graph, qmodel.info, compile=True)(x)
+        with torch.no_grad():
+            reference = qmodel(x)
+        assert torch.nn.functional.cosine_similarity(compiled, reference).min().item() > 0.99
     # The rewrite leaves a conv it cannot express as a linear (here: a 3x3 one) as it is.
     assert int8_fusion.attention_as_linear(graph, ["layer1.0.conv2.conv"]) == 0
 

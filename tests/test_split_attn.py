@@ -122,3 +122,27 @@ def test_scriptable_and_compiles_without_graph_breaks() -> None:
     explanation = torch._dynamo.explain(m)(x)
     assert explanation.graph_break_count == 0
     assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_compiled_inference_pools_the_splits_row_by_row(grad: bool) -> None:
+    # Under torch.compile without autograd the split pooling is a sum over W, then H (one read of each
+    # row); with autograd it stays the one sum over (H, W). Both compute what eager mode computes.
+    torch.manual_seed(0)
+    m = SplitAttn(16, 16, radix=2).eval()
+    x = torch.randn(2, 16, 8, 8).to(memory_format=torch.channels_last)
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, _inputs: list[torch.Tensor]) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.set_grad_enabled(grad):
+        got = torch.compile(m, backend=backend)(x)
+        want = m(x)
+    torch._dynamo.reset()
+    torch.testing.assert_close(got, want)
+    dims = [n.args[1] for n in graphs[0].graph.nodes if n.op == "call_method" and n.target == "sum"]
+    sums = [tuple(d) if isinstance(d, (tuple, list)) else (d,) for d in dims]
+    assert sums[:2] == ([(3,), (2,)] if not grad else [(2, 3), (1,)])

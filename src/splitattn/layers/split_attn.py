@@ -193,7 +193,14 @@ class SplitAttn(nn.Module):
         # Pool the expanded map once and sum the R pooled vectors: the mean is linear, so this equals
         # pooling the sum of the splits without materialising that (B, C, H, W) sum. Sum, then divide the
         # small vector: the backward of a sum is a broadcast view, that of a mean a materialised map.
-        gap = x.sum((2, 3), keepdim=True)
+        if torch.compiler.is_compiling() and not torch.is_grad_enabled():
+            # Compiled inference (the INT8 and bf16 programs): inductor vectorises a sum over (H, W) of a
+            # channels_last map along C and walks the whole map once per vector of channels; row by row
+            # it reads each row once. Not under autograd: compiled with attention recompute
+            # (set_grad_checkpointing("attn")), this form gave wrong gradients.
+            gap = x.sum(3).sum(2, keepdim=True).unsqueeze(3)
+        else:
+            gap = x.sum((2, 3), keepdim=True)
         if self.radix > 1:
             gap = gap.view(b, self.radix, self.out_channels, 1, 1).sum(1)
         gap = self.act1(self.bn1(self.fc1(gap / (h * w))))
