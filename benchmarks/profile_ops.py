@@ -46,8 +46,8 @@ DEFAULT_MODELS = ("splitattn:resnest50", "tv:resnet50")
 # ops). ``fused``: op names among those of an inductor kernel ``cpp_fused_<ops>_<n>`` (matched as whole
 # ``_``-separated names). ``quant`` kernels are those whose ops are only (de)quantize and data movement.
 # Known blur: names cannot tell which pooling is which, so the network's final global pool (one small kernel
-# per step, ``mean``) counts as attn_tail in both models; the attention MLP's fc1/fc2 are 1x1 convolutions,
-# run by the same oneDNN kernels as the others, so they count as conv (the trace cannot tell them apart).
+# per step, ``mean``) counts as attn_tail in both models. The attention MLP (fc1/fc2) is told apart by its
+# input shapes (:data:`ATTENTION_MLP`), which the profile records.
 RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # oneDNN INT8 conv / linear, mkldnn (bf16/fp32) conv and linear, eager convs and linears (the classifier
     # fc counts as a conv: a GEMM like them).
@@ -90,9 +90,23 @@ def _only(ops: str, allowed: tuple[str, ...]) -> bool:
     return rest.strip("_") == ""
 
 
-def classify(name: str) -> str | None:
+# The Split-Attention MLP (fc1 / fc2 on the pooled vector): a convolution of a (B, C, 1, 1) input, or an fp32
+# MKL linear (splitattn.quantize runs the fp32 attention MLP so; the classifier is a oneDNN INT8 qlinear in
+# the INT8 programs and a mkldnn linear in the bf16 ones). Part of the tail in the issue's classes.
+ATTENTION_MLP = re.compile(r"qconv|convolution|^mkl::_mkl_linear$")
+
+
+def _pooled_input(shapes: Any) -> bool:
+    first = shapes[0] if shapes else None
+    return isinstance(first, (list, tuple)) and len(first) == 4 and tuple(first[2:]) == (1, 1)
+
+
+def classify(name: str, shapes: Any = None) -> str | None:
     """The op class of one profiler event name (see :data:`RULES`), or ``None`` when no rule applies (the
-    caller then uses the nearest classified ancestor's class, else ``"other"``)."""
+    caller then uses the nearest classified ancestor's class, else ``"other"``). ``shapes``: the event's
+    input shapes, which tell the attention MLP (:data:`ATTENTION_MLP`) from the other convolutions."""
+    if ATTENTION_MLP.search(name) and (name.startswith("mkl::") or _pooled_input(shapes)):
+        return "attn_tail"
     ops = fused_ops(name)
     if ops is not None:
         if any(_has(ops, q) for q in QUANT_OPS) and _only(ops, QUANT_OPS + MOVE_OPS):
@@ -115,11 +129,14 @@ def attribute(events: list[Any]) -> tuple[dict[str, float], dict[str, tuple[str,
     for ev in events:
         cls, node = None, ev
         while node is not None and cls is None:
-            cls = classify(node.name)
+            cls = classify(node.name, getattr(node, "input_shapes", None))
             node = node.cpu_parent
         cls = cls or "other"
         per_class[cls] += ev.self_cpu_time_total
-        k = kernels.setdefault(ev.name, [cls, 0.0, 0])
+        # The attention MLP's convs share their name with the others: listed apart.
+        by_shape = classify(ev.name, getattr(ev, "input_shapes", None)) != classify(ev.name)
+        name = f"{ev.name} (attention MLP)" if by_shape else ev.name
+        k = kernels.setdefault(name, [cls, 0.0, 0])
         k[1] += ev.self_cpu_time_total
         k[2] += 1
     return dict(per_class), {n: (c, t, k) for n, (c, t, k) in kernels.items()}
@@ -163,8 +180,7 @@ def profile_program(model: str, program: str, batch: int, args: argparse.Namespa
         fn()
     build_s = time.perf_counter() - t0
     wall = _step_times(fn, args.steps)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                record_shapes=args.shapes) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         wall_prof = _step_times(fn, args.steps)
     per_class, kernels = attribute(list(prof.events()))
     extra: dict[str, Any] = {}

@@ -52,6 +52,22 @@ def test_classify_kernel_names(name: str, expected: str) -> None:
     assert profile_ops.classify(name) == expected, f"{name} -> {profile_ops.classify(name)}, want {expected}"
 
 
+def test_the_attention_mlp_is_told_apart_by_its_input_shapes() -> None:
+    # fc1 / fc2 on the pooled (B, C, 1, 1) vector belong to the Split-Attention tail; a conv of a map not.
+    assert profile_ops.classify("onednn::qconv_pointwise", [[8, 64, 1, 1], [], []]) == "attn_tail"
+    assert profile_ops.classify("mkldnn::_convolution_pointwise", [[1, 256, 1, 1]]) == "attn_tail"
+    assert profile_ops.classify("onednn::qconv_pointwise", [[8, 64, 56, 56], [], []]) == "conv"
+    assert profile_ops.classify("onednn::qlinear_pointwise", [[8, 2048], []]) == "conv"  # the classifier
+    assert profile_ops.classify("mkl::_mkl_linear", [[8, 64], [32, 64]]) == "attn_tail"  # fp32 MLP
+    mlp = SimpleNamespace(name="onednn::qconv_pointwise", self_cpu_time_total=30.0, cpu_parent=None,
+                          input_shapes=[[8, 64, 1, 1]])
+    conv = SimpleNamespace(name="onednn::qconv_pointwise", self_cpu_time_total=500.0, cpu_parent=None,
+                           input_shapes=[[8, 64, 56, 56]])
+    per_class, kernels = profile_ops.attribute([mlp, conv])
+    assert per_class == {"attn_tail": 30.0, "conv": 500.0}, per_class
+    assert kernels["onednn::qconv_pointwise (attention MLP)"] == ("attn_tail", 30.0, 1), kernels
+
+
 @pytest.mark.parametrize("name", ["aten::empty", "Torch-Compiled Region: 0/0", "aten::as_strided",
                                   "quantized::max_pool2d"])
 def test_unclassified_names_defer_to_their_parent(name: str) -> None:
