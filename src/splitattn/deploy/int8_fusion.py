@@ -94,20 +94,16 @@ def attention_as_linear(graph: torch.fx.GraphModule, names: Iterable[str]) -> in
         x, w, b = node.args[:3]
         groups = int(node.args[8] if node.target is torch.ops.aten.convolution.default else
                      (node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)))
-        c_out, c_in = node.meta["val"].shape[1], x.meta["val"].shape[1]
+        c_in, c_out = x.meta["val"].shape[1] // groups, node.meta["val"].shape[1] // groups
         with g.inserting_before(node):
             flat = g.call_function(torch.ops.aten.flatten.using_ints, (x, 1))
             weight = g.call_function(torch.ops.aten.flatten.using_ints, (w, 1))
             outs = []
             for k in range(groups):  # fc1 / fc2 are grouped by the cardinality
-                i, o = slice(k * c_in // groups, (k + 1) * c_in // groups), slice(
-                    k * c_out // groups, (k + 1) * c_out // groups)
-                xk = flat if groups == 1 else g.call_function(
-                    torch.ops.aten.slice.Tensor, (flat, 1, i.start, i.stop))
-                wk = weight if groups == 1 else g.call_function(
-                    torch.ops.aten.slice.Tensor, (weight, 0, o.start, o.stop))
-                bk = b if b is None or groups == 1 else g.call_function(
-                    torch.ops.aten.slice.Tensor, (b, 0, o.start, o.stop))
+                xk, wk, bk = flat, weight, b
+                if groups > 1:
+                    xk, wk = _group(g, flat, 1, k, c_in), _group(g, weight, 0, k, c_out)
+                    bk = None if b is None else _group(g, b, 0, k, c_out)
                 outs.append(g.call_function(torch.ops.aten.linear.default, (xk, wk, bk)))
             y = outs[0] if groups == 1 else g.call_function(torch.ops.aten.cat.default, (outs, 1))
             y = g.call_function(torch.ops.aten.unsqueeze.default,
@@ -119,6 +115,11 @@ def attention_as_linear(graph: torch.fx.GraphModule, names: Iterable[str]) -> in
     if n:
         graph.recompile()
     return n
+
+
+def _group(g: torch.fx.Graph, t: Any, dim: int, k: int, size: int) -> torch.fx.Node:
+    """Group ``k`` (of ``size`` channels) of ``t`` along ``dim``, as a graph node."""
+    return g.call_function(torch.ops.aten.slice.Tensor, (t, dim, k * size, (k + 1) * size))
 
 
 def _is_pointwise_conv(node: torch.fx.Node) -> bool:
