@@ -47,7 +47,7 @@ DEFAULT_MODELS = ("splitattn:resnest50", "tv:resnet50")
 # ``_``-separated names). ``quant`` kernels are those whose ops are only (de)quantize and data movement.
 # Known blur: names cannot tell which pooling is which, so the network's final global pool (one small kernel
 # per step, ``mean``) counts as attn_tail in both models. The attention MLP (fc1/fc2) is told apart by its
-# input shapes (:data:`ATTENTION_MLP`), which the profile records.
+# input shapes (:data:`ATTENTION_MLP_CONV`), which the profile records.
 RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     # oneDNN INT8 conv / linear, mkldnn (bf16/fp32) conv and linear, eager convs and linears (the classifier
     # fc counts as a conv: a GEMM like them).
@@ -90,10 +90,12 @@ def _only(ops: str, allowed: tuple[str, ...]) -> bool:
     return rest.strip("_") == ""
 
 
-# The Split-Attention MLP (fc1 / fc2 on the pooled vector): a convolution of a (B, C, 1, 1) input, or an fp32
-# MKL linear (splitattn.quantize runs the fp32 attention MLP so; the classifier is a oneDNN INT8 qlinear in
-# the INT8 programs and a mkldnn linear in the bf16 ones). Part of the tail in the issue's classes.
-ATTENTION_MLP = re.compile(r"qconv|convolution|^mkl::_mkl_linear$")
+# The Split-Attention MLP (fc1 / fc2 on the pooled vector): a convolution (ATTENTION_MLP_CONV) of a
+# (B, C, 1, 1) input, or an fp32 MKL linear (ATTENTION_MLP_LINEAR: splitattn.quantize runs the fp32 attention
+# MLP so; the classifier is a oneDNN INT8 qlinear in the INT8 programs and a mkldnn linear in the bf16 ones).
+# Part of the tail in the issue's classes.
+ATTENTION_MLP_CONV = re.compile(r"qconv|convolution")
+ATTENTION_MLP_LINEAR = "mkl::_mkl_linear"
 
 
 def _pooled_input(shapes: Any) -> bool:
@@ -104,8 +106,8 @@ def _pooled_input(shapes: Any) -> bool:
 def classify(name: str, shapes: Any = None) -> str | None:
     """The op class of one profiler event name (see :data:`RULES`), or ``None`` when no rule applies (the
     caller then uses the nearest classified ancestor's class, else ``"other"``). ``shapes``: the event's
-    input shapes, which tell the attention MLP (:data:`ATTENTION_MLP`) from the other convolutions."""
-    if ATTENTION_MLP.search(name) and (name.startswith("mkl::") or _pooled_input(shapes)):
+    input shapes, which tell the attention MLP (:data:`ATTENTION_MLP_CONV`) from the other convolutions."""
+    if name == ATTENTION_MLP_LINEAR or (ATTENTION_MLP_CONV.search(name) and _pooled_input(shapes)):
         return "attn_tail"
     ops = fused_ops(name)
     if ops is not None:
@@ -127,15 +129,15 @@ def attribute(events: list[Any]) -> tuple[dict[str, float], dict[str, tuple[str,
     per_class: dict[str, float] = defaultdict(float)
     kernels: dict[str, list[Any]] = {}
     for ev in events:
-        cls, node = None, ev
+        own = classify(ev.name, getattr(ev, "input_shapes", None))
+        cls, node = own, ev.cpu_parent
         while node is not None and cls is None:
             cls = classify(node.name, getattr(node, "input_shapes", None))
             node = node.cpu_parent
         cls = cls or "other"
         per_class[cls] += ev.self_cpu_time_total
-        # The attention MLP's convs share their name with the others: listed apart.
-        by_shape = classify(ev.name, getattr(ev, "input_shapes", None)) != classify(ev.name)
-        name = f"{ev.name} (attention MLP)" if by_shape else ev.name
+        # The attention MLP's convs share their name with the others (told apart by shape): listed apart.
+        name = f"{ev.name} (attention MLP)" if own != classify(ev.name) else ev.name
         k = kernels.setdefault(name, [cls, 0.0, 0])
         k[1] += ev.self_cpu_time_total
         k[2] += 1

@@ -263,9 +263,9 @@ def _convert(model: nn.Module, batches: Iterable[torch.Tensor], settings: Mappin
     graph = _capture(model, first)
     config = x86.get_default_x86_inductor_quantization_config(reduce_range=settings["reduce_range"])
     quantizer = x86_quantizer(x86, model, config, split_outputs=settings.get("int8_split", False))
-    if settings["attention"] == "fp32":
-        for name in attention_mlp_convs(model):
-            quantizer.set_module_name_qconfig(name, None)
+    float_mlp = attention_mlp_convs(model) if settings["attention"] == "fp32" else []
+    for name in float_mlp:
+        quantizer.set_module_name_qconfig(name, None)
     prepared = pt2e.prepare_pt2e(graph, quantizer)
     n_images = 0
     with torch.no_grad():
@@ -273,8 +273,8 @@ def _convert(model: nn.Module, batches: Iterable[torch.Tensor], settings: Mappin
             prepared(x)
             n_images += x.shape[0]
         converted = pt2e.convert_pt2e(prepared)
-    if settings["attention"] == "fp32" and settings.get("attention_linear", False):
-        attention_as_linear(converted, attention_mlp_convs(model))
+    if float_mlp and settings.get("attention_linear", False):
+        attention_as_linear(converted, float_mlp)
     return converted, n_images
 
 
