@@ -368,6 +368,9 @@ def test_hostile_int8_files(model: torch.nn.Module, marker: Path, tmp_path: Path
         "settings_shape_huge": (
             {**meta, "splitattn.int8": json.dumps({**settings, "input_shape": [3, 2**40, 1]})}, tensors,
             "'splitattn.int8.input_shape' must be 3 integers"),
+        "settings_flag_not_boolean": (
+            {**meta, "splitattn.int8": json.dumps({**settings, "attention_linear": "yes"})}, tensors,
+            "'splitattn.int8.attention_linear' must be true or false"),
         "qparams_not_numbers": (
             {**meta, "splitattn.int8.qparams": json.dumps([["x", 0, 0, 255, "torch.uint8"]])}, tensors,
             "'splitattn.int8.qparams[0]' must be"),
