@@ -92,8 +92,8 @@ def int8_support_problem() -> str | None:
 
 def _no_dot_product_note() -> str:
     return (f"this CPU has no int8 dot-product instruction (none of {', '.join(INT8_FLAGS)} among its "
-            "flags in /proc/cpuinfo): oneDNN runs the INT8 convolutions on AVX2/AVX-512 code, about as fast "
-            "as optimize_for_inference in fp32 (benchmarks/RESULTS.md)")
+            "flags in /proc/cpuinfo): oneDNN runs the INT8 convolutions on AVX2/AVX-512 code, between 1x "
+            "(Zen 1) and 2.2x (Zen 3) the speed of optimize_for_inference in fp32 (benchmarks/RESULTS.md)")
 
 
 def default_reduce_range(reduce_range: bool | None, remedy: str) -> bool:
