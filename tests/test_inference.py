@@ -20,7 +20,7 @@ from splitattn.deploy.fold import (
     optimize_for_inference,
 )
 from splitattn.errors import InputError
-from splitattn.layers import FrozenBatchNorm2d, FusedConv2d
+from splitattn.layers import FrozenBatchNorm2d, FusedConv2d, SplitAttn
 from splitattn.layers.fused_conv import onednn_fast_path_available
 
 
@@ -228,8 +228,51 @@ def test_fuse_activations_counts_and_keeps_outputs() -> None:
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), rtol=0, atol=1e-4)
+    mlp = [m for name, m in folded.named_modules() if name.endswith((".fc1", ".fc2"))]
+    assert len(mlp) == 32 and all(isinstance(m, FusedConv2d) for m in mlp)
     gn = optimize_for_inference(splitattn.create_model("resnest14d", norm_layer="groupnorm").eval())
-    assert not any(isinstance(m, FusedConv2d) for m in gn.modules()), "a conv before GroupNorm cannot fuse"
+    fused = {name: m.activation for name, m in gn.named_modules() if isinstance(m, FusedConv2d)}
+    # No conv before a GroupNorm fuses a ReLU; the attention MLP (fc1 before its GroupNorm, fc2) still
+    # becomes an activation-free FusedConv2d, for its GEMM path.
+    assert set(fused.values()) == {"none"}
+    assert sorted(fused) == sorted(f"{n}.{fc}" for n, m in gn.named_modules() if isinstance(m, SplitAttn)
+                                   for fc in ("fc1", "fc2"))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pointwise_conv_on_a_vector_runs_as_a_gemm(groups: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1x1 conv on a (B, C, 1, 1) map (the attention MLP) is a linear / batched product: same numbers as
+    the conv, on every route (eager, TorchScript, autograd), with the residual and ReLU applied after it;
+    neither the oneDNN conv nor ATen's conv runs."""
+    import splitattn.layers.fused_conv as fc
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, 1, groups=groups)
+    fused = FusedConv2d.from_conv(conv, activation="relu")
+    x = torch.randn(3, 8, 1, 1).contiguous(memory_format=torch.channels_last)
+    res = torch.randn(3, 12, 1, 1)
+    with torch.no_grad():
+        want = torch.relu(conv(x) + res)
+    calls = []
+    monkeypatch.setattr(fc.FusedConv2d, "_try_onednn", lambda *a: calls.append("onednn"))
+    monkeypatch.setattr(fc.FusedConv2d, "_conv_forward", lambda *a: calls.append("conv"))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, res), want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(fused(x, res, reuse_residual=True), want, rtol=0, atol=1e-6)
+    assert calls == []
+    monkeypatch.undo()
+    scripted = torch.jit.script(FusedConv2d.from_conv(conv, activation="relu"))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x, res), want, rtol=0, atol=1e-6)
+        # Any other input size, or a kernel that is not 1x1, stays a convolution.
+        big = torch.randn(3, 8, 2, 2)
+        torch.testing.assert_close(fused(big), torch.relu(conv(big)), rtol=0, atol=1e-6)
+    x.requires_grad_()
+    fused(x, res).sum().backward()
+    g = x.grad.clone()
+    x.grad = None
+    torch.relu(conv(x) + res).sum().backward()
+    torch.testing.assert_close(g, x.grad, rtol=1e-6, atol=1e-6)
 
 
 def test_fused_model_does_not_overwrite_what_a_hook_holds() -> None:

@@ -185,6 +185,14 @@ def _fuse(
     return 1
 
 
+def _as_fused(parent: nn.Module, name: str) -> None:
+    """Make ``parent.<name>``, a plain ``nn.Conv2d`` with numeric zero padding, a ``FusedConv2d`` without
+    an activation (same parameters and outputs; its fast paths, such as a GEMM on a 1x1 map, apply)."""
+    conv = parent._modules.get(name)
+    if type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
+        parent._modules[name] = FusedConv2d.from_conv(conv, activation="none")
+
+
 def _fuse_sequential(seq: nn.Sequential) -> int:
     names, n = list(seq._modules), 0
     for i, name in enumerate(names):
@@ -307,7 +315,9 @@ def fuse_activations(model: nn.Module) -> int:
     ReLUs into ``nn.Identity``, and bottlenecks whose last BN is folded into :class:`FusedBottleneck`
     whose ``conv3`` computes ``relu(conv3(out) + shortcut)`` (a stage of those into a :class:`FusedStage`).
     Convs still followed by a norm (GroupNorm) are left alone, and so is ``model`` itself when it is a
-    bottleneck (only its parent could swap it).
+    bottleneck (only its parent could swap it). The rest of each Split-Attention MLP (``fc2``, and ``fc1``
+    before a GroupNorm) becomes an activation-free ``FusedConv2d``, which runs on the pooled vector as a
+    GEMM.
 
     Args:
         model: an eval-only model after :func:`fold_batchnorms`.
@@ -322,6 +332,8 @@ def fuse_activations(model: nn.Module) -> int:
             n += _fuse_sequential(m)
         elif isinstance(m, SplitAttn):
             n += _fuse(m, "conv", m, ["bn0", "drop"], "act0") + _fuse(m, "fc1", m, ["bn1"], "act1")
+            for fc in ("fc1", "fc2"):  # what is left of the MLP: a FusedConv2d runs it as a GEMM
+                _as_fused(m, fc)
         elif isinstance(m, ResNeStBottleneck):
             n += _fuse(m, "conv1", m, ["bn1", "drop_block1"], "act1")
             n += _fuse(m, "conv2", m, ["bn2", "drop_block2"], "act2")

@@ -6,6 +6,12 @@ TorchScript, ``torch.compile`` and ONNX export it is the unfused sequence of ATe
 autograd it runs as one oneDNN convolution with the add and ReLU as post-ops and the weight reordered once
 into oneDNN's blocked layout (the layout its kernels want for that input shape) instead of on every call:
 the same prepacking and fusion that inductor's CPU freezing pass does, in eager mode.
+
+A 1x1 convolution (stride 1, no padding) applied to a ``(B, C, 1, 1)`` map, such as the Split-Attention MLP
+on the pooled vector, runs as a matrix product (``linear``, or one batched product per group) on every
+device and route: a convolution call has a fixed cost (prepared primitive, layout checks) that dwarfs
+such a vector's few multiply-adds, where a GEMM costs a few microseconds; ``torch.compile`` then lowers it to
+its pre-packed GEMM (``benchmarks/RESULTS.md`` has the measurements).
 """
 
 # No `from __future__ import annotations`: TorchScript cannot resolve string annotations of unused methods.
@@ -13,11 +19,12 @@ import warnings
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["FusedConv2d", "onednn_fast_path_available"]
+__all__ = ["FusedConv2d", "onednn_fast_path_available", "pointwise_conv_as_linear"]
 
 _ACTIVATIONS = ("none", "relu")
 # Input shapes per conv whose prepacked weights are kept (the reorder depends on the input shape).
@@ -38,6 +45,34 @@ def onednn_fast_path_available() -> bool:
 _is_fx_tracing = getattr(
     torch.fx._symbolic_trace, "is_fx_symbolic_tracing", torch.fx._symbolic_trace.is_fx_tracing
 )
+
+
+def pointwise_conv_as_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int  # noqa: UP045
+) -> torch.Tensor:
+    """``conv2d(x, weight, bias, groups=groups)`` as a GEMM, for a 1x1 kernel (stride 1, no padding) on a
+    1x1 map.
+
+    Args:
+        x: ``(B, C_in, 1, 1)``, any memory format.
+        weight: ``(C_out, C_in / groups, 1, 1)``.
+        bias: ``(C_out,)`` or ``None``.
+        groups: the conv's groups; each group is its own product (one batched call).
+
+    Returns:
+        ``(B, C_out, 1, 1)``, contiguous (which for a 1x1 map is also channels_last).
+    """
+    b = x.shape[0]
+    w = weight.reshape(weight.shape[0], -1)  # (C_out, C_in / groups)
+    if groups == 1:
+        y = F.linear(x.reshape(b, -1), w, bias)
+    else:
+        xg = x.reshape(b, groups, -1).transpose(0, 1)  # (G, B, C_in / G)
+        wg = w.reshape(groups, -1, w.shape[1]).transpose(1, 2)  # (G, C_in / G, C_out / G)
+        y = torch.bmm(xg, wg).transpose(0, 1).reshape(b, -1)
+        if bias is not None:
+            y = y + bias
+    return y.view(b, -1, 1, 1)
 
 
 def _tracing_or_compiling() -> bool:
@@ -107,16 +142,25 @@ class FusedConv2d(nn.Conv2d):
             reuse_residual: the caller owns ``residual`` and it is not needed afterwards: the oneDNN
                 path may then write the output into its buffer instead of allocating a new one.
         """
-        if not torch.jit.is_scripting():
-            out = self._try_onednn(x, residual, reuse_residual)
-            if out is not None:
-                return out
-        y = self._conv_forward(x, self.weight, self.bias)
+        if self._on_vector(x):
+            y = pointwise_conv_as_linear(x, self.weight, self.bias, self.groups)
+        else:
+            if not torch.jit.is_scripting():
+                out = self._try_onednn(x, residual, reuse_residual)
+                if out is not None:
+                    return out
+            y = self._conv_forward(x, self.weight, self.bias)
         if residual is not None:
             y = y + residual
         if self.activation == "relu":
             y = torch.relu(y)
         return y
+
+    def _on_vector(self, x: torch.Tensor) -> bool:
+        """Whether this is a 1x1 conv (stride 1, no padding) and ``x`` a ``(B, C, 1, 1)`` map: a GEMM then."""
+        return (x.dim() == 4 and x.shape[2] == 1 and x.shape[3] == 1 and self.kernel_size[0] == 1
+                and self.kernel_size[1] == 1 and self.stride[0] == 1 and self.stride[1] == 1
+                and self.padding[0] == 0 and self.padding[1] == 0)
 
     @torch.jit.unused
     def _onednn_applies(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:  # noqa: UP045
