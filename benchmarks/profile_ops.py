@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from harness import BenchConfig, make_runner
+from harness import BenchConfig, build_model, make_runner, parse_spec
 from splitattn.deploy.cpu_features import cpu_description, cpu_flags
 from splitattn.utils.fileio import atomic_write_text
 
@@ -56,10 +56,10 @@ RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("quant", "op", (r"quantize_per_", r"dequantize", r"^aten::(q_scale|q_zero_point|int_repr)$")),
     ("attn_tail", "op", (r"softmax", r"adaptive_avg_pool", r"^aten::(mean|sum|sigmoid|addcmul|mul)$")),
     # Split-Attention tail inside inductor kernels: pooling (sum / mean over H, W, then the radix sum and
-    # the division), r-softmax (softmax, or amax / exp / div once decomposed), sigmoid (radix 1), weighted
-    # sum (mul + addcmul at radix 2, mul + sum otherwise).
+    # the division), r-softmax (softmax, or amax / exp / div once decomposed; exp / logsumexp in compiled
+    # inference), sigmoid (radix 1), weighted sum (mul + addcmul at radix 2, mul + sum otherwise).
     ("attn_tail", "fused", ("sum", "mean", "adaptive_avg_pool2d", "_softmax", "softmax", "amax", "exp",
-                            "sigmoid", "addcmul", "mul", "div")),
+                            "logsumexp", "sigmoid", "addcmul", "mul", "div")),
 )
 # Ops that only move or (de)quantize data: a kernel of these alone is a quant kernel.
 QUANT_OPS = ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel", "dequantize_per_channel",
@@ -90,12 +90,15 @@ def _only(ops: str, allowed: tuple[str, ...]) -> bool:
     return rest.strip("_") == ""
 
 
-# The Split-Attention MLP (fc1 / fc2 on the pooled vector): a convolution (ATTENTION_MLP_CONV) of a
-# (B, C, 1, 1) input, or an fp32 MKL linear (ATTENTION_MLP_LINEAR: splitattn.quantize runs the fp32 attention
-# MLP so; the classifier is a oneDNN INT8 qlinear in the INT8 programs and a mkldnn linear in the bf16 ones).
-# Part of the tail in the issue's classes.
-ATTENTION_MLP_CONV = re.compile(r"qconv|convolution")
+# The Split-Attention MLP (fc1 / fc2 on the pooled vector), part of the tail in the issue's classes: a
+# convolution (ATTENTION_MLP_CONV) of a (B, C, 1, 1) input, or a linear (ATTENTION_MLP_LINEARS: splitattn runs
+# the MLP as a GEMM: an fp32 MKL linear in the INT8 programs, a bf16 one in the optimized models) whose input
+# is narrower than the classifier's (the head width, which profile_program reads off the model). Without a
+# head width, only the MKL linear counts: the INT8 programs' classifier is a oneDNN qlinear.
+ATTENTION_MLP_CONV = re.compile(r"qconv|convolution|conv2d")  # conv2d: eager ATen (thnn, _slow_conv2d)
 ATTENTION_MLP_LINEAR = "mkl::_mkl_linear"
+ATTENTION_MLP_LINEARS = re.compile(
+    r"^(mkl::_mkl_linear|mkldnn::_linear_pointwise|onednn::qlinear_pointwise|aten::(addmm|mm|linear))$")
 
 
 def _pooled_input(shapes: Any) -> bool:
@@ -103,12 +106,32 @@ def _pooled_input(shapes: Any) -> bool:
     return isinstance(first, (list, tuple)) and len(first) == 4 and tuple(first[2:]) == (1, 1)
 
 
-def classify(name: str, shapes: Any = None) -> str | None:
+def _input_width(shapes: Any) -> int | None:
+    """The last dim of a linear's first 2-D input (``addmm``'s first input is its bias)."""
+    for s in shapes or ():
+        if isinstance(s, (list, tuple)) and len(s) == 2:
+            return int(s[1])
+    return None
+
+
+def _attention_mlp(name: str, shapes: Any, head_width: int | None) -> bool:
+    if ATTENTION_MLP_CONV.search(name) and _pooled_input(shapes):
+        return True
+    if head_width is None or not ATTENTION_MLP_LINEARS.match(name):
+        return name == ATTENTION_MLP_LINEAR
+    width = _input_width(shapes)
+    return width is not None and width != head_width
+
+
+def classify(name: str, shapes: Any = None, head_width: int | None = None) -> str | None:
     """The op class of one profiler event name (see :data:`RULES`), or ``None`` when no rule applies (the
     caller then uses the nearest classified ancestor's class, else ``"other"``). ``shapes``: the event's
-    input shapes, which tell the attention MLP (:data:`ATTENTION_MLP_CONV`) from the other convolutions."""
-    if name == ATTENTION_MLP_LINEAR or (ATTENTION_MLP_CONV.search(name) and _pooled_input(shapes)):
+    input shapes, which tell the attention MLP (:data:`ATTENTION_MLP_CONV`, :data:`ATTENTION_MLP_LINEARS`)
+    from the other convolutions and the classifier, whose input width is ``head_width``."""
+    if _attention_mlp(name, shapes, head_width):
         return "attn_tail"
+    if head_width is not None and ATTENTION_MLP_LINEARS.match(name):
+        return "conv"  # the classifier, a GEMM like the convolutions
     ops = fused_ops(name)
     if ops is not None:
         if any(_has(ops, q) for q in QUANT_OPS) and _only(ops, QUANT_OPS + MOVE_OPS):
@@ -123,16 +146,18 @@ def classify(name: str, shapes: Any = None) -> str | None:
     return None
 
 
-def attribute(events: list[Any]) -> tuple[dict[str, float], dict[str, tuple[str, float, int]]]:
+def attribute(events: list[Any], head_width: int | None = None,
+              ) -> tuple[dict[str, float], dict[str, tuple[str, float, int]]]:
     """``(self us per class, {event name: (class, self us, calls)})`` of profiler ``FunctionEvent`` s; an
-    event without a class of its own takes its nearest classified ancestor's."""
+    event without a class of its own takes its nearest classified ancestor's. ``head_width``: the
+    classifier's input width (see :func:`classify`)."""
     per_class: dict[str, float] = defaultdict(float)
     kernels: dict[str, list[Any]] = {}
     for ev in events:
-        own = classify(ev.name, getattr(ev, "input_shapes", None))
+        own = classify(ev.name, getattr(ev, "input_shapes", None), head_width)
         cls, node = own, ev.cpu_parent
         while node is not None and cls is None:
-            cls = classify(node.name, getattr(node, "input_shapes", None))
+            cls = classify(node.name, getattr(node, "input_shapes", None), head_width)
             node = node.cpu_parent
         cls = cls or "other"
         per_class[cls] += ev.self_cpu_time_total
@@ -160,6 +185,12 @@ def summarize(per_class: dict[str, float], kernels: dict[str, tuple[str, float, 
                 kernels={n: dict(cls=c, ms=round(t / 1e3 / steps, 3)) for n, (c, t, _) in ranked})
 
 
+def head_width(model: torch.nn.Module) -> int | None:
+    """The input width of ``model``'s classifier (timm's ``get_classifier()``, torchvision's ``fc``)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else getattr(model, "fc", None)
+    return getattr(head, "in_features", None)
+
+
 def _step_times(fn: Any, steps: int) -> list[float]:
     """ms of each of ``steps`` calls of ``fn`` (all kept: other work on the machine shows as outliers)."""
     times = []
@@ -184,7 +215,7 @@ def profile_program(model: str, program: str, batch: int, args: argparse.Namespa
     wall = _step_times(fn, args.steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         wall_prof = _step_times(fn, args.steps)
-    per_class, kernels = attribute(list(prof.events()))
+    per_class, kernels = attribute(list(prof.events()), head_width(build_model(parse_spec(model)[0])))
     extra: dict[str, Any] = {}
     if args.shapes:  # the slowest (op, input shapes) pairs: which convolutions or tail kernels cost most
         rows = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)

@@ -7,6 +7,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from torch import nn
+
+import splitattn
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_ops.py"
 _SPEC = importlib.util.spec_from_file_location("profile_ops", _PATH)
@@ -40,6 +43,7 @@ _SPEC.loader.exec_module(profile_ops)
     ("graph_0_cpp_fused__softmax_addcmul_avg_pool2d_mul_quantize_per_tensor_transpose_unbind_view_9",
      "attn_tail"),
     ("graph_0_cpp_fused_dequantize_per_tensor_mean_quantize_per_tensor_36", "attn_tail"),
+    ("graph_0_cpp_fused_addcmul_exp_logsumexp_mul_relu_sub_transpose_unbind_view_5", "attn_tail"),
     ("graph_0_cpp_fused_avg_pool2d_dequantize_per_tensor_quantize_per_tensor_7", "other"),
     ("graph_0_cpp_fused_dequantize_per_tensor_sum_3", "attn_tail"),
     ("graph_0_cpp_fused_addcmul_dequantize_per_tensor_mul_quantize_per_tensor_9", "attn_tail"),
@@ -56,9 +60,23 @@ def test_the_attention_mlp_is_told_apart_by_its_input_shapes() -> None:
     # fc1 / fc2 on the pooled (B, C, 1, 1) vector belong to the Split-Attention tail; a conv of a map not.
     assert profile_ops.classify("onednn::qconv_pointwise", [[8, 64, 1, 1], [], []]) == "attn_tail"
     assert profile_ops.classify("mkldnn::_convolution_pointwise", [[1, 256, 1, 1]]) == "attn_tail"
+    # ATen's own kernels, where a CPU has no bf16 oneDNN convolution
+    slow = "aten::_slow_conv2d_forward"
+    assert profile_ops.classify(slow, [[1, 256, 1, 1], [128, 256, 1, 1]]) == "attn_tail"
+    assert profile_ops.classify(slow, [[1, 256, 7, 7], [128, 256, 1, 1]]) is None  # its parent's: conv
     assert profile_ops.classify("onednn::qconv_pointwise", [[8, 64, 56, 56], [], []]) == "conv"
     assert profile_ops.classify("onednn::qlinear_pointwise", [[8, 2048], []]) == "conv"  # the classifier
     assert profile_ops.classify("mkl::_mkl_linear", [[8, 64], [32, 64]]) == "attn_tail"  # fp32 MLP
+    # Linears: given the classifier's input width, any narrower linear (a bf16 GEMM of an optimized model,
+    # or addmm where the CPU has no bf16 kernels) is the MLP; the classifier stays with the convs.
+    for name in ("mkldnn::_linear_pointwise", "aten::addmm", "mkl::_mkl_linear"):
+        shapes = [[64], [8, 256], [256, 64]] if name == "aten::addmm" else [[8, 256], [64, 256]]
+        assert profile_ops.classify(name, shapes, head_width=2048) == "attn_tail", name
+        head = [[1000], [8, 2048], [2048, 1000]] if name == "aten::addmm" else [[8, 2048], [1000, 2048]]
+        assert profile_ops.classify(name, head, head_width=2048) == "conv", name
+    assert profile_ops.classify("aten::addmm", [[64], [8, 256], [256, 64]]) == "conv"  # no head width given
+    assert profile_ops.head_width(nn.Sequential()) is None
+    assert profile_ops.head_width(splitattn.create_model("resnest14d", num_classes=3)) == 2048
     mlp = SimpleNamespace(name="onednn::qconv_pointwise", self_cpu_time_total=30.0, cpu_parent=None,
                           input_shapes=[[8, 64, 1, 1]])
     conv = SimpleNamespace(name="onednn::qconv_pointwise", self_cpu_time_total=500.0, cpu_parent=None,
