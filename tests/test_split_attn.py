@@ -127,7 +127,8 @@ def test_scriptable_and_compiles_without_graph_breaks() -> None:
 @pytest.mark.parametrize("grad", [False, True])
 def test_compiled_inference_pools_the_splits_row_by_row(grad: bool) -> None:
     # Under torch.compile without autograd the split pooling is a sum over W, then H (one read of each
-    # row); with autograd it stays the one sum over (H, W). Both compute what eager mode computes.
+    # row), and the r-softmax exp(x - logsumexp(x)); with autograd they stay the one sum over (H, W) and
+    # softmax. Both compute what eager mode computes.
     torch.manual_seed(0)
     m = SplitAttn(16, 16, radix=2).eval()
     x = torch.randn(2, 16, 8, 8).to(memory_format=torch.channels_last)
@@ -146,3 +147,21 @@ def test_compiled_inference_pools_the_splits_row_by_row(grad: bool) -> None:
     dims = [n.args[1] for n in graphs[0].graph.nodes if n.op == "call_method" and n.target == "sum"]
     sums = [tuple(d) if isinstance(d, (tuple, list)) else (d,) for d in dims]
     assert sums[:2] == ([(3,), (2,)] if not grad else [(2, 3), (1,)])
+    called = {getattr(n.target, "__name__", str(n.target)) for n in graphs[0].graph.nodes}
+    assert ("logsumexp" in called) is not grad and ("softmax" in called) is grad, called
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_inference_r_softmax_equals_softmax(dtype: torch.dtype) -> None:
+    # The logsumexp form compiled inference takes, at radix 4 and cardinality 2 (radix-major weights
+    # summing to 1 over the radix), computed in fp32 as softmax is: equal to eager softmax within rounding.
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 4 * 2 * 5) * 4).to(dtype)
+    want = radix_softmax(logits, 4, 2)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = torch.compile(radix_softmax, backend=lambda gm, _inputs: gm.forward)(logits, 4, 2)
+    torch._dynamo.reset()
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6 if dtype == torch.float32 else 4e-3)
+    torch.testing.assert_close(got.float().view(3, 4, 10).sum(1), torch.ones(3, 10), rtol=0, atol=2e-2)

@@ -98,8 +98,21 @@ def radix_softmax(logits: torch.Tensor, radix: int, cardinality: int) -> torch.T
     batch = logits.shape[0]
     if radix > 1:
         x = logits.view(batch, cardinality, radix, -1).transpose(1, 2)
+        if _compiled_inference():
+            # exp(x - logsumexp(x)): inductor stores these weights once, radix-major, and the weighted sum
+            # reads them as vectors. From softmax it keeps exp(x - max) with the radix innermost and divides
+            # at every pixel, which in bf16 it cannot vectorise (a scalar loop). fp32 inside, as softmax.
+            xf = x.float()
+            return torch.exp(xf - torch.logsumexp(xf, 1, keepdim=True)).to(logits.dtype).reshape(batch, -1)
         return F.softmax(x, dim=1).reshape(batch, -1)
     return torch.sigmoid(logits)
+
+
+def _compiled_inference() -> bool:
+    """Under ``torch.compile`` / ``torch.export`` without autograd: where :class:`SplitAttn` uses the
+    forms that inductor lowers best. Not under autograd: compiled with attention recompute
+    (``set_grad_checkpointing("attn")``), the row-wise pooling gave wrong gradients."""
+    return torch.compiler.is_compiling() and not torch.is_grad_enabled()
 
 
 class SplitAttn(nn.Module):
@@ -193,11 +206,9 @@ class SplitAttn(nn.Module):
         # Pool the expanded map once and sum the R pooled vectors: the mean is linear, so this equals
         # pooling the sum of the splits without materialising that (B, C, H, W) sum. Sum, then divide the
         # small vector: the backward of a sum is a broadcast view, that of a mean a materialised map.
-        if torch.compiler.is_compiling() and not torch.is_grad_enabled():
-            # Compiled inference (the INT8 and bf16 programs): inductor vectorises a sum over (H, W) of a
-            # channels_last map along C and walks the whole map once per vector of channels; row by row
-            # it reads each row once. Not under autograd: compiled with attention recompute
-            # (set_grad_checkpointing("attn")), this form gave wrong gradients.
+        if _compiled_inference():
+            # The INT8 and bf16 programs: inductor vectorises a sum over (H, W) of a channels_last map along
+            # C and walks the whole map once per vector of channels; row by row it reads each row once.
             gap = x.sum(3).sum(2, keepdim=True).unsqueeze(3)
         else:
             gap = x.sum((2, 3), keepdim=True)
