@@ -98,10 +98,11 @@ def radix_softmax(logits: torch.Tensor, radix: int, cardinality: int) -> torch.T
     batch = logits.shape[0]
     if radix > 1:
         x = logits.view(batch, cardinality, radix, -1).transpose(1, 2)
-        if _compiled_inference():
+        if logits.dtype in (torch.bfloat16, torch.float16) and _compiled_inference():
             # exp(x - logsumexp(x)): inductor stores these weights once, radix-major, and the weighted sum
-            # reads them as vectors. From softmax it keeps exp(x - max) with the radix innermost and divides
-            # at every pixel, which in bf16 it cannot vectorise (a scalar loop). fp32 inside, as softmax.
+            # reads them as vectors. From a bf16 / fp16 softmax (computed in fp32) it keeps exp(x - max) with
+            # the radix innermost and divides at every pixel in a scalar loop. From fp32 logits (the INT8
+            # programs) its softmax kernels are vectorised already. fp32 inside, as softmax.
             xf = x.float()
             return torch.exp(xf - torch.logsumexp(xf, 1, keepdim=True)).to(logits.dtype).reshape(batch, -1)
         return F.softmax(x, dim=1).reshape(batch, -1)
