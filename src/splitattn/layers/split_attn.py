@@ -98,7 +98,8 @@ def radix_softmax(logits: torch.Tensor, radix: int, cardinality: int) -> torch.T
     batch = logits.shape[0]
     if radix > 1:
         x = logits.view(batch, cardinality, radix, -1).transpose(1, 2)
-        if logits.dtype in (torch.bfloat16, torch.float16) and _compiled_inference():
+        # (The dtype test after the compile test: torch.fx symbolic tracing cannot branch on a dtype.)
+        if _compiled_inference() and (logits.dtype == torch.bfloat16 or logits.dtype == torch.float16):
             # exp(x - logsumexp(x)): inductor stores these weights once, radix-major, and the weighted sum
             # reads them as vectors. From a bf16 / fp16 softmax (computed in fp32) it keeps exp(x - max) with
             # the radix innermost and divides at every pixel in a scalar loop. From fp32 logits (the INT8
