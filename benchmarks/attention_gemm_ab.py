@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import splitattn
+from paired import median_ratio, time_paired
 from splitattn.deploy.cpu_features import cpu_description
 from splitattn.deploy.fold import optimize_for_inference
 from splitattn.layers import FusedConv2d, SplitAttn
@@ -97,20 +98,10 @@ def main() -> None:
         sides[name] = (fn, out.float())
     (_, a), (_, b) = sides.values()
     print(f"max |logit difference| between the sides: {(a - b).abs().max().item():.3g}")
-    ms: dict[str, list[float]] = {name: [] for name in sides}
-    for r in range(args.rounds):
-        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-            fn = sides[name][0]
-            fn()
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                fn()
-            ms[name].append((time.perf_counter() - t) / args.steps * 1000)
+    ms = time_paired({name: fn for name, (fn, _) in sides.items()}, args.rounds, args.steps)
     for name, v in ms.items():
         print(f"{name}: median {statistics.median(v):.2f} ms per batch ({args.rounds} rounds x {args.steps})")
-    conv, gemm = ms.values()
-    ratio = statistics.median(c / g for c, g in zip(conv, gemm))
-    print(f"conv / GEMM time, median of paired rounds: {ratio:.4f}")
+    print(f"conv / GEMM time, median of paired rounds: {median_ratio(*reversed(ms.values())):.4f}")
 
 
 if __name__ == "__main__":

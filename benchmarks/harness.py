@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paired import median_ratio
 from roofs import load_roofs, measure_roofs, roof_columns, roof_rates, row_format
 from splitattn.deploy.cpu_features import cpu_description
 from splitattn.errors import InputError
@@ -403,13 +404,6 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[
     return [_row(r, runners, cfg, roofs) for r in runners]
 
 
-def _paired_ratio(a: list[float], b: list[float]) -> float | None:
-    """Median over rounds of ``b[i] / a[i]``: how many times faster ``a`` is than ``b``."""
-    if not a or not b:
-        return None
-    return statistics.median(tb / ta for ta, tb in zip(a, b))
-
-
 def _row(r: Runner, runners: list[Runner], cfg: BenchConfig, roofs: dict[str, float | None] | None = None,
          ) -> dict[str, Any]:
     ref_resnest = next((x for x in runners if x.name == cfg.ref_resnest), None)
@@ -427,7 +421,7 @@ def _row(r: Runner, runners: list[Runner], cfg: BenchConfig, roofs: dict[str, fl
             f"{mode}_img_size": cfg.img_size,
         })
         for key, other in (("vs_timm_resnest50d", ref_resnest), ("vs_resnet50", ref_resnet)):
-            ratio = _paired_ratio(times, getattr(other, f"{mode}_times")) if other else None
+            ratio = median_ratio(times, getattr(other, f"{mode}_times")) if other else None
             row[f"{mode}_{key}"] = round(ratio, 3) if ratio is not None else None
         if mode == "infer" and r.gmacs is not None:
             row.update(gmacs=round(r.gmacs, 3), **roof_columns(cfg.batch_size / t, r.gmacs, r.fmt, roofs))

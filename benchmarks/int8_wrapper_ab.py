@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 from unittest import mock
 
 import torch
 
 import splitattn
+from paired import median_ratio, time_paired
 from splitattn.deploy import quantization
 from splitattn.deploy.cpu_features import cpu_description
 
@@ -47,22 +50,16 @@ def main() -> None:
             print(f"{name}: compiled in {time.perf_counter() - t:.1f} s", flush=True)
             program(x)
         sides[name] = (program, cpp)
-    ms: dict[str, list[float]] = {name: [] for name in sides}
-    with torch.no_grad():
-        for r in range(args.rounds):
-            for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
-                program, cpp = sides[name]
-                with mock.patch.dict(quantization.INDUCTOR_OPTIONS, cpp_wrapper=cpp):
-                    t = time.perf_counter()
-                    for _ in range(args.steps):
-                        program(x)
-                    ms[name].append((time.perf_counter() - t) / args.steps * 1000)
+    def call(program: Any, cpp: bool) -> Callable[[], Any]:
+        def run() -> None:
+            with mock.patch.dict(quantization.INDUCTOR_OPTIONS, cpp_wrapper=cpp), torch.no_grad():
+                program(x)
+        return run
+
+    ms = time_paired({name: call(*side) for name, side in sides.items()}, args.rounds, args.steps)
     for name, v in ms.items():
         print(f"{name}: median {statistics.median(v):.2f} ms per batch ({args.rounds} rounds)")
-    a, b = ms.values()
-    ratio = statistics.median(x / y for x, y in zip(a, b))
-    print(f"python / C++ wrapper time, median of paired rounds: {ratio:.3f}")
-
+    print(f"python / C++ wrapper time, median of paired rounds: {median_ratio(*reversed(ms.values())):.3f}")
 
 if __name__ == "__main__":
     main()
