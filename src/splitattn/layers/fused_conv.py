@@ -10,7 +10,7 @@ the same prepacking and fusion that inductor's CPU freezing pass does, in eager 
 A 1x1 convolution (stride 1, no padding) applied to a ``(B, C, 1, 1)`` map, such as the Split-Attention MLP
 on the pooled vector, runs as a matrix product (``linear``, or one batched product per group) on every
 device and route: a convolution call has a fixed cost (prepared primitive, layout checks) that dwarfs
-such a vector's few multiply-adds, where a GEMM costs a few microseconds; ``torch.compile`` then lowers it to
+such a vector's few multiply-adds, and a GEMM call's is much smaller; ``torch.compile`` then lowers it to
 its pre-packed GEMM (``benchmarks/RESULTS.md`` has the measurements).
 """
 
