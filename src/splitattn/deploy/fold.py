@@ -174,9 +174,7 @@ def _fuse(
     """Fuse ``parent.<act_name>`` (a ReLU) into ``conv_parent.<conv_name>`` if only pass-throughs
     (``parent.<between>``) separate them."""
     conv, act = conv_parent._modules.get(conv_name), parent._modules.get(act_name)
-    if type(conv) is not nn.Conv2d or not isinstance(act, nn.ReLU):
-        return 0
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+    if not _convertible(conv) or not isinstance(act, nn.ReLU):
         return 0
     if not all(isinstance(parent._modules.get(n), _PASS_THROUGH) for n in between):
         return 0
@@ -186,11 +184,16 @@ def _fuse(
 
 
 def _as_fused(parent: nn.Module, name: str) -> None:
-    """Make ``parent.<name>``, a plain ``nn.Conv2d`` with numeric zero padding, a ``FusedConv2d`` without
-    an activation (same parameters and outputs; its fast paths, such as a GEMM on a 1x1 map, apply)."""
+    """Make ``parent.<name>``, if :func:`_convertible`, a ``FusedConv2d`` without an activation (same
+    parameters and outputs; its fast paths, such as a GEMM on a 1x1 map, apply)."""
     conv = parent._modules.get(name)
-    if type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
+    if _convertible(conv):
         parent._modules[name] = FusedConv2d.from_conv(conv, activation="none")
+
+
+def _convertible(conv: nn.Module | None) -> bool:
+    """A plain ``nn.Conv2d`` with numeric zero padding: what ``FusedConv2d.from_conv`` takes."""
+    return type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
 
 
 def _fuse_sequential(seq: nn.Sequential) -> int:
