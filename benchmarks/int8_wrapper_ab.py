@@ -61,5 +61,6 @@ def main() -> None:
         print(f"{name}: median {statistics.median(v):.2f} ms per batch ({args.rounds} rounds)")
     print(f"python / C++ wrapper time, median of paired rounds: {median_ratio(*reversed(ms.values())):.3f}")
 
+
 if __name__ == "__main__":
     main()

@@ -161,8 +161,10 @@ def attribute(events: list[Any], head_width: int | None = None,
             node = node.cpu_parent
         cls = cls or "other"
         per_class[cls] += ev.self_cpu_time_total
-        # The attention MLP's convs share their name with the others (told apart by shape): listed apart.
-        name = f"{ev.name} (attention MLP)" if own != classify(ev.name) else ev.name
+        # The attention MLP's convs and linears share their names with others (told apart by shape or
+        # width): listed apart.
+        told_apart = own == "attn_tail" and classify(ev.name) != "attn_tail"
+        name = f"{ev.name} (attention MLP)" if told_apart else ev.name
         k = kernels.setdefault(name, [cls, 0.0, 0])
         k[1] += ev.self_cpu_time_total
         k[2] += 1
@@ -201,8 +203,9 @@ def _step_times(fn: Any, steps: int) -> list[float]:
     return times
 
 
-def profile_program(model: str, program: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Build, compile, time and profile one program at one batch size."""
+def profile_program(model: str, program: str, batch: int, args: argparse.Namespace,
+                    width: int | None = None) -> dict[str, Any]:
+    """Build, compile, time and profile one program at one batch size (``width``: :func:`head_width`)."""
     cfg = BenchConfig(models=[model], mode="infer", device="cpu", batch_size=batch, img_size=args.img_size,
                       channels_last=args.channels_last, threads=args.threads)
     t0 = time.perf_counter()
@@ -215,7 +218,7 @@ def profile_program(model: str, program: str, batch: int, args: argparse.Namespa
     wall = _step_times(fn, args.steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         wall_prof = _step_times(fn, args.steps)
-    per_class, kernels = attribute(list(prof.events()), head_width(build_model(parse_spec(model)[0])))
+    per_class, kernels = attribute(list(prof.events()), width)
     extra: dict[str, Any] = {}
     if args.shapes:  # the slowest (op, input shapes) pairs: which convolutions or tail kernels cost most
         rows = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
@@ -267,9 +270,10 @@ def main() -> None:
           f"{args.threads} threads\n{command}")
     results = []
     for model in args.models:
+        width = head_width(build_model(parse_spec(model)[0]))
         for program in args.programs:
             for batch in args.batch_sizes:
-                results.append(profile_program(model, program, batch, args))
+                results.append(profile_program(model, program, batch, args, width))
                 print_result(results[-1])
                 if args.out:  # after each program: a long run keeps what it has measured
                     atomic_write_text(args.out, json.dumps(dict(
