@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports --no-cache --no-logo
-	$(VPY) -m pytest -q -n 2 --durations=15
+	$(VPY) -m pytest -q -n 2 --dist worksteal --durations=15
 
 lint: $(STAMP)
 	$(VPY) -m ruff check src tests benchmarks
