@@ -22,7 +22,7 @@ from ._download import (
     hash_prefix_in_name,
     url_file_name,
 )
-from ._hub import hf_weights_file
+from ._hf_files import hf_weights_file
 from ._registry import ModelCfg, get_pretrained_cfg
 from ._weights import WeightsFile, check_same_function, load_state_dict_into, read_weights
 
