@@ -114,27 +114,30 @@ def test_float_attention_runs_as_linear_layers(cardinality: int, tmp_path) -> No
     assert _linears(graph) == 2 * n_split * cardinality + 1
     assert _pooled_convs(graph) == 0
     assert int8_fusion.float_round_trips(graph) == []
-    # A file written before the rewrite (no "attention_linear") rebuilds with the convs, and computes the
-    # same numbers up to fp32 rounding.
-    pt2e, x86 = qmod._import_torchao()
-    settings = {k: v for k, v in qmodel.info.items() if k != "attention_linear"}
-    before, _ = qmod._convert(model, calibration, settings, pt2e, x86)
-    assert _linears(before) == 1 and _pooled_convs(before) == 2 * n_split
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    # In float the linears compute what the convs do. In the quantized graphs the GEMM and the conv may
-    # round the last bit apart on some CPUs, which a quantize downstream can turn into one INT8 step.
+    # In float the linears compute what the convs do (per cardinal group when grouped).
     float_graph = qmod._capture(model, x)
     as_linear = copy.deepcopy(float_graph)
     assert int8_fusion.attention_as_linear(as_linear, names) == 2 * n_split
     with torch.no_grad():
         torch.testing.assert_close(as_linear(x), float_graph(x), atol=1e-5, rtol=1e-5)
-        new, old = qmodel(x), before(x)
-    assert torch.equal(new.argmax(1), old.argmax(1))
-    assert torch.nn.functional.cosine_similarity(new, old).min().item() > 0.9999
-    path = qmod.QuantizedModel(before, settings, compile=False).save(tmp_path / "old.int8.safetensors")
-    again = splitattn.load_quantized(path, compile=False, model=model)
-    assert "attention_linear" not in again.info and _pooled_convs(again.graph_module) == 2 * n_split
-    if cardinality == 2 and qmod.int8_support_problem() is None:
+    if cardinality == 1:
+        # A file written before the rewrite (no "attention_linear") rebuilds with the convs, and computes
+        # the same numbers up to rounding (the cardinality plays no part in this: checked once). In the
+        # quantized graphs the GEMM and the conv may round the last bit apart on some CPUs, which a
+        # quantize downstream can turn into one INT8 step.
+        pt2e, x86 = qmod._import_torchao()
+        settings = {k: v for k, v in qmodel.info.items() if k != "attention_linear"}
+        before, _ = qmod._convert(model, calibration, settings, pt2e, x86)
+        assert _linears(before) == 1 and _pooled_convs(before) == 2 * n_split
+        with torch.no_grad():
+            new, old = qmodel(x), before(x)
+        assert torch.equal(new.argmax(1), old.argmax(1))
+        assert torch.nn.functional.cosine_similarity(new, old).min().item() > 0.9999
+        path = qmod.QuantizedModel(before, settings, compile=False).save(tmp_path / "old.int8.safetensors")
+        again = splitattn.load_quantized(path, compile=False, model=model)
+        assert "attention_linear" not in again.info and _pooled_convs(again.graph_module) == 2 * n_split
+    elif qmod.int8_support_problem() is None:
         # Compiled (inductor: the linears of the cardinal groups as pre-packed GEMMs, concatenated).
         compiled = qmod.QuantizedModel(graph, qmodel.info, compile=True)(x)
         with torch.no_grad():
