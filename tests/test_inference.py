@@ -243,7 +243,7 @@ def test_fuse_activations_counts_and_keeps_outputs() -> None:
 def test_pointwise_conv_on_a_vector_runs_as_a_gemm(groups: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1x1 conv on a (B, C, 1, 1) map (the attention MLP) is a linear / batched product: same numbers as
     the conv, on every route (eager, TorchScript, autograd), with the residual and ReLU applied after it;
-    neither the oneDNN conv nor ATen's conv runs."""
+    neither the oneDNN conv nor ATen's conv runs, and a ReLU alone reads the GEMM's output."""
     import splitattn.layers.fused_conv as fc
 
     torch.manual_seed(0)
@@ -267,6 +267,18 @@ def test_pointwise_conv_on_a_vector_runs_as_a_gemm(groups: int, monkeypatch: pyt
         # Any other input size, or a kernel that is not 1x1, stays a convolution.
         big = torch.randn(3, 8, 2, 2)
         torch.testing.assert_close(fused(big), torch.relu(conv(big)), rtol=0, atol=1e-6)
+        torch.testing.assert_close(fused(x), torch.relu(conv(x)), rtol=0, atol=1e-6)
+        torch.testing.assert_close(scripted(x), torch.relu(conv(x)), rtol=0, atol=1e-6)
+    # Without a residual the ReLU reads the GEMM's (B, C_out) output, before the reshape to (B, C_out, 1,
+    # 1): the form inductor's linear + ReLU fusion matches (one oneDNN call with a ReLU post-op in bf16).
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with torch.no_grad():
+        graph = make_fx(fused)(x).graph
+    relus = [n for n in graph.nodes if n.target is torch.ops.aten.relu.default]
+    assert len(relus) == 1 and tuple(relus[0].args[0].meta["val"].shape) == (3, 12)
+    if groups == 1:
+        assert relus[0].args[0].target is torch.ops.aten.addmm.default
     x.requires_grad_()
     fused(x, res).sum().backward()
     g = x.grad.clone()

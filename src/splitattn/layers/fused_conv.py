@@ -48,7 +48,8 @@ _is_fx_tracing = getattr(
 
 
 def pointwise_conv_as_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int  # noqa: UP045
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int,  # noqa: UP045
+    relu: bool = False,
 ) -> torch.Tensor:
     """``conv2d(x, weight, bias, groups=groups)`` as a GEMM, for a 1x1 kernel (stride 1, no padding) on a
     1x1 map.
@@ -58,6 +59,8 @@ def pointwise_conv_as_linear(
         weight: ``(C_out, C_in / groups, 1, 1)``.
         bias: ``(C_out,)`` or ``None``.
         groups: the conv's groups; each group is its own product (one batched call).
+        relu: apply a ReLU, to the GEMM's ``(B, C_out)`` output: compiled, inductor fuses a ReLU that
+            reads a linear directly into the GEMM call (oneDNN's post-op), not one behind a reshape.
 
     Returns:
         ``(B, C_out, 1, 1)``, contiguous (which for a 1x1 map is also channels_last).
@@ -72,6 +75,8 @@ def pointwise_conv_as_linear(
         y = torch.bmm(xg, wg).transpose(0, 1).reshape(b, -1)
         if bias is not None:
             y = y + bias
+    if relu:
+        y = torch.relu(y)
     return y.view(b, -1, 1, 1)
 
 
@@ -143,6 +148,9 @@ class FusedConv2d(nn.Conv2d):
                 path may then write the output into its buffer instead of allocating a new one.
         """
         if self._on_vector(x):
+            if residual is None:
+                return pointwise_conv_as_linear(x, self.weight, self.bias, self.groups,
+                                                relu=self.activation == "relu")
             y = pointwise_conv_as_linear(x, self.weight, self.bias, self.groups)
         else:
             if not torch.jit.is_scripting():
