@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
@@ -110,3 +111,33 @@ def test_attribute_gives_children_their_parents_class_and_summarize_the_shares()
     assert out["other_wrapper_ms"] == 0.05, out  # the compiled region's own 100 us over 2 steps
     top = [k["name"] for k in out["top_kernels"]]
     assert top == ["onednn::qconv_pointwise", "graph_0_cpp_fused__softmax_3"], top
+
+
+def test_program_calls_reads_the_generated_wrapper() -> None:
+    """benchmarks/program_calls.py counts, in the ``call`` of inductor's Python wrapper, each library op,
+    extern kernel and generated kernel per step, kernel numbers dropped."""
+    import torch
+    from torch._inductor.utils import run_and_get_code
+
+    import program_calls
+
+    w = torch.randn(16, 8)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(x @ w)
+        return torch.relu(y @ w.t()).sum(1) + y.amax(1).sum()
+
+    _, codes = run_and_get_code(torch.compile(fn), torch.randn(4, 16))
+    calls = sum((program_calls.wrapper_calls(code) for code in codes), start=collections.Counter())
+    assert calls["extern_kernels.mm"] == 2, calls
+    kernels = {name: n for name, n in calls.items() if name.startswith("cpp_fused_")}
+    assert kernels and all(not name[-1].isdigit() for name in kernels), calls
+    # A function ends at the next top-level statement: what follows call() is not counted.
+    code = ("class Runner:\n    def call(self, args):\n        buf0 = extern_kernels.mm(a, b)\n"
+            "        cpp_fused_relu_0(buf0)\n        cpp_fused_relu_1(buf0)\n"
+            "        torch.ops.onednn.qconv_pointwise.tensor(buf0)\n\ndef benchmark():\n"
+            "    extern_kernels.mm(a, b)\n")
+    assert program_calls.wrapper_calls(code) == collections.Counter(
+        {"cpp_fused_relu": 2, "extern_kernels.mm": 1, "torch.ops.onednn.qconv_pointwise.tensor": 1})
+    with pytest.raises(ValueError, match="no call"):
+        program_calls.wrapper_calls("def other():\n    pass\n")
