@@ -419,7 +419,7 @@ its lowering predicted: two calls per conv at every step, which inductor's C++ (
 leaves out unless asked; the tests compare the compiled program with the reference graph instead.
 ``cpp_wrapper=True`` (inductor's C++ wrapper, no Python line per kernel) runs resnest50 INT8 faster at
 batch 1 but doubles the first call's compile time; it is off (figures in benchmarks/RESULTS.md,
-``benchmarks/int8_wrapper_ab.py``)."""
+``benchmarks/int8_compile_ab.py``)."""
 
 
 @contextlib.contextmanager

@@ -1,0 +1,123 @@
+"""A/B of how the INT8 program compiles, one model quantized once per side, timed in paired, interleaved
+rounds in one process (alternating order). Prints the CPU, threads, torch, each side's first call (the
+compile), the largest logit difference between the sides, the median ms per batch of each side and the
+median of the paired ratios.
+
+``--ab wrapper``: inductor's Python wrapper against its C++ wrapper
+(``splitattn.deploy.quantization.INDUCTOR_OPTIONS["cpp_wrapper"]``).
+``--ab templates``: the linears as MKL / oneDNN calls (the library's program) against inductor's C++ GEMM
+templates (:func:`gemm_templates`: the attention MLP's bias and ReLU in the GEMM's epilogue, no library call
+per GEMM; measured and not adopted, benchmarks/RESULTS.md).
+
+    python benchmarks/int8_compile_ab.py --ab wrapper --batch-size 1 --threads 2 --rounds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any
+from unittest import mock
+
+import torch
+
+import splitattn
+from paired import median_ratio, time_paired
+from splitattn.deploy import quantization
+from splitattn.deploy.cpu_features import cpu_description
+
+
+@contextlib.contextmanager
+def gemm_templates() -> Iterator[None]:
+    """While inductor compiles inside this context, each linear with a constant weight that its C++ GEMM
+    template covers runs as that template (max-autotune's ``CPP`` backend) instead of an MKL or oneDNN
+    call, with one candidate, so that nothing is timed; INT8 linears only where inductor has an INT8
+    micro-kernel for this CPU (AVX512-VNNI or AMX: elsewhere it has a scalar reference kernel, several
+    times slower than oneDNN's). A patch of inductor's private lowerings (torch 2.14)."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor import cpu_vec_isa
+    from torch._inductor import mkldnn_lowerings as lowerings
+
+    uses_template, uses_aten = lowerings.use_cpp_gemm_template, lowerings.use_aten_gemm_kernels
+    int8_kernel = isinstance(cpu_vec_isa.pick_vec_isa(), cpu_vec_isa.VecAVX512VNNI)
+
+    def use_template(layout: Any, mat1: Any, mat2: Any, *args: Any, **kwargs: Any) -> bool:
+        if mat1.get_dtype() in (torch.uint8, torch.int8) and not int8_kernel:
+            return False
+        return uses_template(layout, mat1, mat2, *args, **kwargs)
+
+    # These lowerings fall back to the library call where no template applies; ATen stays among the
+    # backends of every other GEMM (a CPP-only list fails to lower a GEMM no template covers).
+    lowerings.use_cpp_gemm_template, lowerings.use_aten_gemm_kernels = use_template, lambda: False
+    try:
+        with inductor_config.patch(max_autotune_gemm=True, max_autotune_gemm_backends="CPP,ATEN"):
+            yield
+    finally:
+        lowerings.use_cpp_gemm_template, lowerings.use_aten_gemm_kernels = uses_template, uses_aten
+
+
+def _wrapper(cpp: bool) -> ContextManager[Any]:
+    return mock.patch.dict(quantization.INDUCTOR_OPTIONS, cpp_wrapper=cpp)
+
+
+def _templates(on: bool) -> ContextManager[Any]:
+    return gemm_templates() if on else contextlib.nullcontext()
+
+
+# --ab -> ((side name, context of the side's compile and calls), ...): the first side is the base
+SIDES: dict[str, tuple[tuple[str, Callable[[], ContextManager[Any]]], ...]] = {
+    "wrapper": (("python wrapper", lambda: _wrapper(False)), ("C++ wrapper", lambda: _wrapper(True))),
+    "templates": (("library GEMMs", lambda: _templates(False)), ("GEMM templates", lambda: _templates(True))),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ab", choices=sorted(SIDES), default="wrapper")
+    p.add_argument("--model", default="resnest50")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5, help="timed calls per side per round")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{cpu_description()}, {args.threads} threads, torch {torch.__version__}, {args.model} INT8, "
+          f"batch {args.batch_size}, {args.img_size} px, A/B: {args.ab}")
+    torch.manual_seed(0)
+    model = splitattn.create_model(args.model).eval().to(memory_format=torch.channels_last)
+    shape = (3, args.img_size, args.img_size)
+    calibration = [torch.randn(4, *shape).contiguous(memory_format=torch.channels_last) for _ in range(2)]
+    x = torch.randn(args.batch_size, *shape).contiguous(memory_format=torch.channels_last)
+    programs, logits = {}, {}
+    for name, context in SIDES[args.ab]:
+        torch._dynamo.reset()
+        with context(), torch.no_grad():
+            program = splitattn.quantize(model, calibration, compile=True)
+            t = time.perf_counter()
+            logits[name] = program(x)  # compiles
+            print(f"{name}: compiled in {time.perf_counter() - t:.1f} s", flush=True)
+            program(x)
+        programs[name] = (program, context)
+    (base, base_logits), (side, side_logits) = logits.items()
+    print(f"max |logit difference| {(side_logits - base_logits).abs().max().item():.3g} "
+          f"(max |logit| {base_logits.abs().max().item():.3g})")
+
+    def call(program: Any, context: Callable[[], ContextManager[Any]]) -> Callable[[], Any]:
+        def run() -> None:
+            with context(), torch.no_grad():
+                program(x)
+        return run
+
+    ms = time_paired({name: call(*side) for name, side in programs.items()}, args.rounds, args.steps)
+    for name, v in ms.items():
+        print(f"{name}: median {statistics.median(v):.2f} ms per batch ({args.rounds} rounds)")
+    print(f"{base} / {side} time, median of paired rounds: {median_ratio(ms[side], ms[base]):.3f}")
+
+
+if __name__ == "__main__":
+    main()
