@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 
 import splitattn
 import splitattn.deploy.quantization as qmod
@@ -70,23 +72,42 @@ def _train(x: torch.Tensor, y: torch.Tensor, epochs: int = 4) -> torch.nn.Module
     return model.eval()
 
 
-@pytest.fixture(scope="module")
+def _trained_digits_model(shared: Path, xtr: torch.Tensor, ytr: torch.Tensor) -> torch.nn.Module:
+    """The digits model, trained once per test run: the first worker to get here trains it and writes its
+    weights to ``shared``, the others load them (the same numbers: one thread, fixed seeds)."""
+    path = shared / "resnest14d_digits.pt"
+    with FileLock(str(shared / "resnest14d_digits.lock")):
+        if not path.exists():
+            threads = torch.get_num_threads()
+            # Tiny convs: one thread wastes no time in OpenMP barriers when the cores are shared (xdist).
+            torch.set_num_threads(1)
+            try:
+                model = _train(xtr, ytr)
+            finally:
+                torch.set_num_threads(threads)
+            torch.save(model.state_dict(), shared / "resnest14d_digits.pt.tmp")
+            (shared / "resnest14d_digits.pt.tmp").replace(path)
+            return model
+    model = splitattn.create_model("resnest14d", num_classes=10, **KWARGS)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    # Session scope: xdist interleaves modules on a worker, and a module fixture is rebuilt each time the
+    # worker comes back to this one. The run's base directory is shared by its xdist workers.
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     root = build_digits_imagefolder(tmp_path_factory.mktemp("digits") / "data", size=32)
     xtr, ytr = _load_split(root, "train")
     xva, yva = _load_split(root, "val")
-    threads = torch.get_num_threads()
-    # Tiny convs: one thread wastes no time in OpenMP barriers when the cores are shared (xdist workers).
-    torch.set_num_threads(1)
-    try:
-        model = _train(xtr, ytr)
-    finally:
-        torch.set_num_threads(threads)
+    model = _trained_digits_model(shared, xtr, ytr)
     return {"root": root, "model": model, "xtr": xtr, "xva": xva, "yva": yva,
             "calibration": [xtr[i:i + 64] for i in range(0, 256, 64)]}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def int8_digits(digits: dict) -> tuple[torch.nn.Module, torch.Tensor]:
     """The digits model quantized once (the reference graph: runs on any CPU), and its val logits."""
     qmodel = splitattn.quantize(digits["model"], digits["calibration"], compile=False)
