@@ -362,3 +362,27 @@ def test_fused_conv_falls_back_when_onednn_refuses(monkeypatch: pytest.MonkeyPat
         out = fused(x)
     torch.testing.assert_close(out, torch.relu(conv(x)), rtol=0, atol=1e-6)
     assert fc._ONEDNN is False  # switched off: later calls go straight to the ATen path
+
+
+def test_a_dtype_this_cpu_emulates_is_named(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                            ) -> None:
+    """optimize_for_inference in bf16 on a CPU whose oneDNN refuses bf16 convolutions (ATen then emulates
+    them, several times slower than fp32) says so, once, naming the dtype and what to use instead."""
+    import logging
+
+    import splitattn.deploy.fold as fold
+
+    assert fold.emulated_on_cpu(torch.bfloat16) is (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert fold.emulated_on_cpu(torch.float32) is False
+    model = splitattn.ResNeSt(layers=(1, 1, 1, 1), stem_width=8, base_width=8, num_classes=10)
+    for emulated in (True, False):
+        monkeypatch.setattr(fold, "emulated_on_cpu", lambda dtype, emulated=emulated: emulated)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="splitattn"):
+            bf16 = fold.optimize_for_inference(model, dtype=torch.bfloat16)
+            fold.optimize_for_inference(model)  # fp32: nothing to say
+        said = [r.getMessage() for r in caplog.records if "emulates them" in r.getMessage()]
+        assert len(said) == int(emulated), said
+        if emulated:
+            assert "no bfloat16 convolutions" in said[0] and "splitattn.quantize" in said[0]
+        assert next(bf16.parameters()).dtype == torch.bfloat16

@@ -25,6 +25,7 @@ Every class in the result is an ordinary module-level class, so the result deep-
 from __future__ import annotations
 
 import copy
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Self
@@ -39,9 +40,12 @@ from ..layers.fused_conv import FusedConv2d
 from ..layers.split_attn import SplitAttn
 from ..models.resnest import ResNeStBottleneck
 
+log = logging.getLogger("splitattn")
+
 __all__ = [
     "EVAL_ONLY_MESSAGE", "EvalOnlyError", "FoldedBatchNorm", "FusedBottleneck", "FusedStage",
-    "fold_batchnorms", "fuse_activations", "fuse_conv_bn", "is_foldable_norm", "optimize_for_inference",
+    "emulated_on_cpu", "fold_batchnorms", "fuse_activations", "fuse_conv_bn", "is_foldable_norm",
+    "optimize_for_inference",
 ]
 
 EVAL_ONLY_MESSAGE = (
@@ -349,6 +353,15 @@ def fuse_activations(model: nn.Module) -> int:
     return n
 
 
+def emulated_on_cpu(dtype: torch.dtype) -> bool:
+    """Whether oneDNN refuses ``dtype`` (bf16, fp16) convolutions on this CPU, so that ATen emulates them
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported`` / ``_fp16_``: the checks oneDNN's kernels make)."""
+    checks = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
+    name = checks.get(dtype)
+    check = getattr(torch.ops.mkldnn, name, None) if name and torch.backends.mkldnn.is_available() else None
+    return check is not None and not check()
+
+
 def optimize_for_inference(
     model: nn.Module, channels_last: bool = True, inplace: bool = False, fuse: bool = True,
     dtype: torch.dtype | None = None,
@@ -379,8 +392,9 @@ def optimize_for_inference(
         dtype: convert the folded model's parameters to this floating dtype, e.g. ``torch.bfloat16``
             (the BatchNorms are folded in float64 first, then rounded once). Feed it inputs of that
             dtype (``x.to(torch.bfloat16)``); it returns logits of that dtype. On CPUs with AVX512-BF16
-            or AMX, bf16 convolutions run on oneDNN's bf16 kernels (fp32 accumulation). ``None`` keeps
-            the dtype of ``model``.
+            or AMX, bf16 convolutions run on oneDNN's bf16 kernels (fp32 accumulation); where oneDNN
+            refuses the dtype (:func:`emulated_on_cpu`: AVX2 only), ATen emulates them, several times
+            slower than fp32, and a warning says so. ``None`` keeps the dtype of ``model``.
 
     Returns:
         The folded model in eval mode, on the device of ``model``, in ``dtype`` (default: the dtype of
@@ -397,6 +411,11 @@ def optimize_for_inference(
         fuse_activations(out)
     if dtype is not None:
         out = out.to(dtype)
+        if any(p.device.type == "cpu" for p in out.parameters()) and emulated_on_cpu(dtype):
+            log.warning("this CPU has no %s convolutions of its own (oneDNN refuses them: its check needs "
+                        "AVX-512 or AVX-NE-CONVERT): ATen emulates them, several times slower than "
+                        "optimize_for_inference in fp32 (benchmarks/RESULTS.md); use fp32, or INT8 with "
+                        "splitattn.quantize", str(dtype).removeprefix("torch."))
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
     for p in out.parameters():
