@@ -371,9 +371,10 @@ def test_a_dtype_this_cpu_emulates_is_named(monkeypatch: pytest.MonkeyPatch, cap
     import logging
 
     import splitattn.deploy.fold as fold
+    from splitattn.deploy.cpu_features import emulated_on_cpu
 
-    assert fold.emulated_on_cpu(torch.bfloat16) is (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    assert fold.emulated_on_cpu(torch.float32) is False
+    assert emulated_on_cpu(torch.bfloat16) is (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert emulated_on_cpu(torch.float32) is False
     model = splitattn.ResNeSt(layers=(1, 1, 1, 1), stem_width=8, base_width=8, num_classes=10)
     for emulated in (True, False):
         monkeypatch.setattr(fold, "emulated_on_cpu", lambda dtype, emulated=emulated: emulated)

@@ -28,6 +28,7 @@ from splitattn.data.digits import build_digits_imagefolder
 from splitattn.data.imagefolder import ImageFolderDataset
 from splitattn.data.preprocessing import DataConfig
 from splitattn.data.transforms import create_eval_transform
+from splitattn.deploy import cpu_features
 from splitattn.deploy.export import export_onnx_int8, onnx_predict
 from splitattn.deploy.fold import optimize_for_inference
 from splitattn.errors import EvalOnlyError, InputError, MissingDependencyError, MissingFileError, WeightsError
@@ -293,7 +294,7 @@ def test_int8_support_check_names_what_is_missing(monkeypatch: pytest.MonkeyPatc
                                    torch.nn.Flatten())
         calibration = [torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))]
         for flags, reduced in (({"avx2", "fma"}, True), ({"avx2", "avx512f", "avx512_vnni"}, False)):
-            monkeypatch.setattr(qmod, "cpu_flags", lambda flags=flags: frozenset(flags))
+            monkeypatch.setattr(cpu_features, "cpu_flags", lambda flags=flags: frozenset(flags))
             caplog.clear()
             reference = splitattn.quantize(tiny, calibration, compile=False)
             assert reference.info["reduce_range"] is reduced
@@ -301,7 +302,7 @@ def test_int8_support_check_names_what_is_missing(monkeypatch: pytest.MonkeyPatc
             assert "none of avx512_vnni, avx_vnni, amx_int8" in caplog.text or not reduced
             assert reference(torch.randn(3, 3, 8, 8)).shape == (3, 4)
     # Where the kernels cannot run at all, the reference graph (compile=False) still builds.
-    monkeypatch.setattr(qmod.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(cpu_features.platform, "machine", lambda: "aarch64")
     assert "needs an x86-64 CPU" in qmod.int8_support_problem()
     with pytest.raises(MissingDependencyError, match="needs an x86-64 CPU"):
         splitattn.quantize(model, [torch.zeros(2, 3, 32, 32)])

@@ -39,13 +39,13 @@ from ..layers.drop import DropBlock2d
 from ..layers.fused_conv import FusedConv2d
 from ..layers.split_attn import SplitAttn
 from ..models.resnest import ResNeStBottleneck
+from .cpu_features import emulated_on_cpu
 
 log = logging.getLogger("splitattn")
 
 __all__ = [
     "EVAL_ONLY_MESSAGE", "EvalOnlyError", "FoldedBatchNorm", "FusedBottleneck", "FusedStage",
-    "emulated_on_cpu", "fold_batchnorms", "fuse_activations", "fuse_conv_bn", "is_foldable_norm",
-    "optimize_for_inference",
+    "fold_batchnorms", "fuse_activations", "fuse_conv_bn", "is_foldable_norm", "optimize_for_inference",
 ]
 
 EVAL_ONLY_MESSAGE = (
@@ -353,15 +353,6 @@ def fuse_activations(model: nn.Module) -> int:
     return n
 
 
-def emulated_on_cpu(dtype: torch.dtype) -> bool:
-    """Whether oneDNN refuses ``dtype`` (bf16, fp16) convolutions on this CPU, so that ATen emulates them
-    (``torch.ops.mkldnn._is_mkldnn_bf16_supported`` / ``_fp16_``: the checks oneDNN's kernels make)."""
-    checks = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
-    name = checks.get(dtype)
-    check = getattr(torch.ops.mkldnn, name, None) if name and torch.backends.mkldnn.is_available() else None
-    return check is not None and not check()
-
-
 def optimize_for_inference(
     model: nn.Module, channels_last: bool = True, inplace: bool = False, fuse: bool = True,
     dtype: torch.dtype | None = None,
@@ -393,8 +384,9 @@ def optimize_for_inference(
             (the BatchNorms are folded in float64 first, then rounded once). Feed it inputs of that
             dtype (``x.to(torch.bfloat16)``); it returns logits of that dtype. On CPUs with AVX512-BF16
             or AMX, bf16 convolutions run on oneDNN's bf16 kernels (fp32 accumulation); where oneDNN
-            refuses the dtype (:func:`emulated_on_cpu`: AVX2 only), ATen emulates them, several times
-            slower than fp32, and a warning says so. ``None`` keeps the dtype of ``model``.
+            refuses the dtype (AVX2 only: :func:`~splitattn.deploy.cpu_features.emulated_on_cpu`), ATen
+            emulates them, several times slower than fp32, and a warning says so. ``None`` keeps the
+            dtype of ``model``.
 
     Returns:
         The folded model in eval mode, on the device of ``model``, in ``dtype`` (default: the dtype of

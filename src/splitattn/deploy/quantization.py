@@ -25,7 +25,6 @@ import importlib
 import io
 import logging
 import os
-import platform
 import random
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -42,7 +41,7 @@ from ..models._factory import build_model
 from ..models._spec import ModelSpec
 from ..models._weights import file_problem
 from ..utils.fileio import atomic_write
-from .cpu_features import cpu_flags
+from .cpu_features import INT8_FLAGS, cpu_flags, int8_dot_product, int8_support_problem, no_dot_product_note
 from .int8_format import FORMAT, VERSION, bind_graph_state, read_int8_file, write_int8_file
 from .int8_fusion import attention_as_linear, attention_mlp_convs, fast_int8_loads, x86_quantizer
 
@@ -53,48 +52,6 @@ __all__ = [
 
 log = logging.getLogger("splitattn")
 
-# CPU flags (as /proc/cpuinfo names them) of the int8 dot-product instructions oneDNN's INT8 kernels use.
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def int8_dot_product(flags: Iterable[str] | None = None) -> bool:
-    """Whether the CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8).
-
-    Without one, oneDNN's INT8 convolutions run on AVX2 / AVX-512 code whose 16-bit intermediate sums
-    can saturate: :func:`quantize` then keeps activations to 7 bits, as torchao advises for such CPUs.
-
-    Args:
-        flags: the CPU's instruction-set flags (default: :func:`cpu_flags`; where those cannot be read,
-            ``torch.cpu._is_vnni_supported()`` decides).
-    """
-    have = set(cpu_flags() if flags is None else flags)
-    if have:
-        return bool(have & set(INT8_FLAGS))
-    return bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
-
-
-def int8_support_problem() -> str | None:
-    """Why the INT8 kernels cannot run here at all, or ``None`` when they can.
-
-    Returns:
-        A message naming what is missing (an x86-64 CPU, or oneDNN's INT8 kernels in this torch build)
-        and what to run instead, or ``None``.
-    """
-    machine = platform.machine().lower()
-    if machine not in ("x86_64", "amd64", "x64"):
-        return (f"INT8 inference needs an x86-64 CPU (this machine is {machine}); run the model in fp32, "
-                "or in bfloat16 with optimize_for_inference(model, dtype=torch.bfloat16)")
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv_pointwise")):
-        return (f"this PyTorch build ({torch.__version__}) has no oneDNN INT8 kernels "
-                "(torch.ops.onednn.qconv_pointwise); install a standard x86 CPU build of torch>=2.4")
-    return None
-
-
-def _no_dot_product_note() -> str:
-    return (f"this CPU has no int8 dot-product instruction (none of {', '.join(INT8_FLAGS)} among its "
-            "flags in /proc/cpuinfo): oneDNN runs the INT8 convolutions on AVX2/AVX-512 code, between 1x "
-            "(Zen 1) and 2.2x (Zen 3) the speed of optimize_for_inference in fp32 (benchmarks/RESULTS.md)")
-
 
 def default_reduce_range(reduce_range: bool | None, remedy: str) -> bool:
     """``reduce_range`` if given, else whether this CPU lacks an int8 dot-product instruction (7-bit
@@ -103,7 +60,7 @@ def default_reduce_range(reduce_range: bool | None, remedy: str) -> bool:
         return reduce_range
     if int8_dot_product():
         return False
-    log.warning("%s; %s", _no_dot_product_note(), remedy)
+    log.warning("%s; %s", no_dot_product_note(), remedy)
     return True
 
 
@@ -471,7 +428,7 @@ def load_quantized(path: str | os.PathLike, compile: bool = True, model: nn.Modu
     if compile and not settings["reduce_range"] and not int8_dot_product():
         log.warning("%s; %s was calibrated for 8-bit activations, which can saturate here: quantize the "
                     "float model on this machine (7-bit activations) if its accuracy drops",
-                    _no_dot_product_note(), path)
+                    no_dot_product_note(), path)
     return QuantizedModel(graph, settings, compile=compile, spec=stored.spec)
 
 
