@@ -2,8 +2,8 @@
 segmentation models built on it, and the model machinery in private modules: the registry
 (:mod:`._registry`), the model record (:mod:`._spec`), the factory (:mod:`._factory`), weights files
 (:mod:`._weights`), URL downloads (:mod:`._download`, :mod:`._urlopen`), the Hugging Face Hub and model
-folders (:mod:`._hub`), feature extraction (:mod:`._features`) and timm's model contract
-(:mod:`._timm_api`)."""
+folders (:mod:`._hub`), feature extraction (:mod:`._features`), input checks (:mod:`._input`) and timm's
+model contract (:mod:`._timm_api`)."""
 
 from . import resnest_cfgs  # noqa: F401  (registers the variants)
 from ._factory import build_model, create_model

@@ -20,8 +20,9 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from ..layers.split_attn import is_tracing, uses_batch_stats
+from ._input import check_input, stem_dtype
 from ._timm_api import STAGE_HINT, DefaultCfgMixin, StemChannelsMixin, feature_take_indices
-from .resnest import check_input, set_grad_checkpointing, stem_dtype
+from .resnest import set_grad_checkpointing
 
 DEFAULT_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 _MODEL_PARTS = ("in_chans", "feature_info", "conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3",
@@ -233,7 +234,7 @@ class FeatureDictNet(StemChannelsMixin, DefaultCfgMixin, nn.Module):
 
     @torch.jit.unused
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise an InputError naming the problem and the fix (see :func:`.resnest.check_input`)."""
+        """Raise an InputError naming the problem and the fix (see :func:`._input.check_input`)."""
         if not is_tracing():  # else reading the stem's weight would leave a node in an FX graph
             check_input(x, self.in_chans, self, stem_dtype(self.conv1))
 
