@@ -16,10 +16,13 @@ not run: where the CPU lacks bf16 the first oneDNN bf16 call then fails, which i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shlex
 import sys
 from collections import Counter
+from contextlib import AbstractContextManager
+from typing import Any
 from unittest import mock
 
 import torch
@@ -30,7 +33,7 @@ from splitattn.deploy.cpu_features import cpu_description
 
 # One call in the wrapper: an op of a library (torch.ops.<ns>.<op>.<overload>), an extern kernel of
 # inductor's (extern_kernels.<op>) or a generated kernel (cpp_fused_<ops>_<n>).
-_CALL = re.compile(r"\b(torch\.ops\.\w+\.\w+\.\w+|extern_kernels\.\w+|cpp_fused_\w+?(?:_\d+)?)\(")
+_CALL = re.compile(r"\b(torch\.ops\.\w+\.\w+\.\w+|extern_kernels\.\w+|cpp_fused_\w+)\(")
 
 
 def wrapper_calls(code: str) -> Counter[str]:
@@ -45,14 +48,17 @@ def wrapper_calls(code: str) -> Counter[str]:
     return Counter(re.sub(r"_\d+$", "", m) for m in _CALL.findall(body))
 
 
-def native_bf16() -> mock._patch | None:
-    """Inductor's lowering as on a CPU with oneDNN bf16 (see the module docstring); ``None`` if it has it."""
+_PASS_THROUGH: list[torch.library.Library] = []  # the weight-reorder registrations, kept alive
+
+
+def native_bf16() -> AbstractContextManager[Any]:
+    """Inductor's lowering as on a CPU with oneDNN bf16 (see the module docstring); a no-op if it has it."""
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return None
+        return contextlib.nullcontext()
     lib = torch.library.Library("mkldnn", "IMPL")  # process-wide, as a script may do
     for op in ("_reorder_convolution_weight", "_reorder_linear_weight"):
         lib.impl(op, lambda w, *args: w.clone(), "CPU")
-    native_bf16.lib = lib  # keep the registrations alive
+    _PASS_THROUGH.append(lib)
     return mock.patch("torch._inductor.fx_passes.mkldnn_fusion.is_mkldnn_bf16_supported", lambda device: True)
 
 
@@ -92,11 +98,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{cpu_description()}\ntorch {torch.__version__}\n{shlex.join([sys.executable, *sys.argv])}")
-    patch = native_bf16() if args.native_bf16 else None
+    lowering = native_bf16() if args.native_bf16 else contextlib.nullcontext()
     if args.native_bf16:
-        print("bf16: " + ("this CPU's own (it has oneDNN bf16)" if patch is None else
+        own = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        print("bf16: " + ("this CPU's own (it has oneDNN bf16)" if own else
                           "generated as for a CPU with native bf16"))
-    with patch or mock.patch.dict({}):
+    with lowering:
         for model in args.models:
             for program in args.programs:
                 for batch in args.batch_sizes:
