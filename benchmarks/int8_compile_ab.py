@@ -8,6 +8,9 @@ median of the paired ratios.
 ``--ab templates``: the linears as MKL / oneDNN calls (the library's program) against inductor's C++ GEMM
 templates (:func:`gemm_templates`: the attention MLP's bias and ReLU in the GEMM's epilogue, no library call
 per GEMM; measured and not adopted, benchmarks/RESULTS.md).
+``--ab scales``: the converted graph's float tails compiled as they are against the library's program, whose
+dequantize / quantize scales are folded into the attention weights
+(:func:`splitattn.deploy.int8_scales.fold_int8_scales`).
 
     python benchmarks/int8_compile_ab.py --ab wrapper --batch-size 1 --threads 2 --rounds 8
 """
@@ -68,10 +71,16 @@ def _templates(on: bool) -> ContextManager[Any]:
     return gemm_templates() if on else contextlib.nullcontext()
 
 
+def _scales(folded: bool) -> ContextManager[Any]:
+    return contextlib.nullcontext() if folded else mock.patch.object(
+        quantization, "fold_int8_scales", lambda graph: (graph, 0))
+
+
 # --ab -> ((side name, context of the side's compile and calls), ...): the first side is the base
 SIDES: dict[str, tuple[tuple[str, Callable[[], ContextManager[Any]]], ...]] = {
     "wrapper": (("python wrapper", lambda: _wrapper(False)), ("C++ wrapper", lambda: _wrapper(True))),
     "templates": (("library GEMMs", lambda: _templates(False)), ("GEMM templates", lambda: _templates(True))),
+    "scales": (("scales as converted", lambda: _scales(False)), ("scales folded", lambda: _scales(True))),
 }
 
 

@@ -1,0 +1,206 @@
+"""The scales of the INT8 program's linear float tails, folded into their small operands before inductor
+compiles.
+
+A converted graph computes what lies between two INT8 tensors in float: ``dequantize`` (``(q - z) s``), the
+float ops, ``quantize`` (``round(y / s') + z'``, clamped). Inductor compiles that as written: a subtract and a
+multiply per value read, a multiply per value written. Where the float ops are linear in the dequantized
+values, the scales can go elsewhere:
+
+- **the Split-Attention weighted sum** ``quantize(sum_r dequantize(U_r) a_r)``: ``U`` is a ReLU's output
+  (``z = 0``), so this is ``round(sum_r U_r (a_r s / s')) + z'``. The scales move into the ``(B, C)``
+  attention weights, which go to a buffer of their own (inductor would otherwise recompute them, their
+  softmax division included, at every pixel). The kernel that streams ``U`` then converts, multiplies-adds
+  and rounds.
+- **the average pools between two quantizes** (the avd pool, avg_down's pool), which keep their input's
+  scale: ``round(pool(U)) + z'``.
+
+What the rewrite accepts (:func:`_linear_in`): views, ``sum``, ``avg_pool2d``, and products (``mul``,
+``addcmul``) with exactly one factor linear in the dequantizes, all of one scale and zero point 0, at least
+one op not a view; every node on the path is read only on it. The values differ from the graph's by float
+rounding only: an INT8 value can move by one step where the products of the scales round differently.
+
+:func:`fold_int8_scales` rewrites a copy of the graph for compiling; the reference graph, which an INT8 file
+rebuilds and an uncompiled model runs, is unchanged.
+"""
+
+from __future__ import annotations
+
+import operator
+from copy import deepcopy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["fold_int8_scales"]
+
+_aten = torch.ops.aten
+_VIEWS = (_aten.view.default, _aten.reshape.default, _aten.permute.default, _aten.unbind.int,
+          _aten.squeeze.dim, _aten.unsqueeze.default, _aten.flatten.using_ints, _aten.transpose.int,
+          operator.getitem)
+_LINEAR = (*_VIEWS, _aten.sum.dim_IntList, _aten.avg_pool2d.default)
+_ADDCMUL = (_aten.addcmul.default, _aten.addcmul_.default)
+Node = torch.fx.Node
+
+
+@dataclass
+class _Path:
+    """What :func:`_linear_in` found between a node and the dequantizes it is linear in.
+
+    ``weighted``: whether its values went through a product (whose other factor takes the scales), which
+    every branch of a sum must agree on.
+    """
+
+    nodes: set[Node] = field(default_factory=set)
+    reads: list[tuple[Node, Node]] = field(default_factory=list)  # (reader, dequantize it reads)
+    factors: list[tuple[Node, int]] = field(default_factory=list)  # (product, index of its other factor)
+    scale: float | None = None
+    weighted: bool = False
+
+    def merge(self, other: _Path) -> bool:
+        if self.scale is not None and (other.scale != self.scale or other.weighted != self.weighted):
+            return False
+        self.scale, self.weighted = other.scale, other.weighted
+        self.nodes |= other.nodes
+        self.reads += other.reads
+        self.factors += other.factors
+        return True
+
+
+def _decomposed(name: str) -> Any:
+    """``torch.ops.quantized_decomposed.<name>.default``, or None where nothing registered it."""
+    try:
+        return getattr(torch.ops.quantized_decomposed, name).default
+    except AttributeError:
+        return None
+
+
+def _calls(node: Any, target: Any) -> bool:
+    return isinstance(node, Node) and node.op == "call_function" and node.target is target
+
+
+def _operand(reader: Node, arg: Any, dequantize: Any) -> _Path | None:
+    """The path of ``reader``'s input ``arg`` if it is linear in dequantizes, else None."""
+    if _calls(arg, dequantize):
+        _, scale, zero_point = arg.args[:3]
+        if zero_point != 0 or not isinstance(scale, float):
+            return None
+        return _Path(reads=[(reader, arg)], scale=scale)
+    return _linear_in(arg, dequantize)
+
+
+def _linear_in(node: Any, dequantize: Any) -> _Path | None:
+    """The path from ``node`` to the dequantizes it is linear in (see the module's docstring), or None."""
+    if not isinstance(node, Node) or node.op != "call_function":
+        return None
+    path = _Path()
+    if node.target in _LINEAR:
+        found = _operand(node, node.args[0], dequantize)
+        if found is None or not path.merge(found):
+            return None
+    elif node.target is _aten.mul.Tensor or node.target in _ADDCMUL:
+        first = 1 if node.target in _ADDCMUL else 0
+        sides = [_operand(node, node.args[i], dequantize) for i in (first, first + 1)]
+        linear = [i for i, side in enumerate(sides) if side is not None]
+        if len(linear) != 1 or not isinstance(node.args[first + 1 - linear[0]], Node):
+            return None  # a product of two linear factors is not linear; a constant factor is left alone
+        product = sides[linear[0]]
+        if product.weighted:
+            return None  # a second factor would take the scales twice
+        product.weighted = True
+        product.factors.append((node, first + 1 - linear[0]))
+        if node.target in _ADDCMUL:  # self + t1 * t2: self must be a product too
+            if len(node.args) != 3 or node.kwargs.get("value", 1) != 1:
+                return None
+            found = _operand(node, node.args[0], dequantize)
+            if found is None or not path.merge(found):
+                return None
+        if not path.merge(product):
+            return None
+    else:
+        return None
+    path.nodes.add(node)
+    return path
+
+
+def _own_buffer() -> Any:
+    """Inductor's prim that puts a value in a buffer of its own, or None (a torch without it)."""
+    try:
+        import torch._inductor.inductor_prims  # noqa: F401  (registers the inductor prims)
+
+        return torch.ops.prims.inductor_force_stride_order.default
+    except (ImportError, AttributeError):
+        return None
+
+
+def _contiguous_strides(node: Node) -> list[int] | None:
+    """Contiguous strides for ``node``'s value (the batch size, dim 0, is in none of them), or None."""
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor) or any(not isinstance(s, int) for s in val.shape[1:]):
+        return None
+    strides, size = [], 1
+    for s in reversed(val.shape[1:]):
+        strides.append(size)
+        size *= s
+    return [size, *strides[::-1]]
+
+
+def _fold(g: torch.fx.Graph, quantize: Node, dequantize: Any) -> bool:
+    """Fold the scales of the linear path into ``quantize`` (in place); whether it was one."""
+    y, out_scale, out_zero, qmin, qmax, dtype = quantize.args[:6]
+    path = _linear_in(y, dequantize)
+    if path is None or path.scale is None or not isinstance(out_scale, float):
+        return False
+    if all(n.target in _VIEWS for n in path.nodes):
+        return False  # a reshape between two quantizes (the classifier's flatten): no arithmetic to save
+    if any(user not in path.nodes and user is not quantize for n in path.nodes for user in n.users):
+        return False  # a value on the path is read elsewhere: it must keep its scale
+    ratio, buffer = path.scale / out_scale, _own_buffer()
+    for product, i in path.factors:
+        factor = product.args[i]
+        with g.inserting_before(product):
+            scaled = g.call_function(_aten.mul.Tensor, (factor, ratio))
+            strides = _contiguous_strides(factor)
+            if buffer is not None and strides is not None:
+                scaled = g.call_function(buffer, (scaled, strides))
+        product.update_arg(i, scaled)
+    as_float: dict[Node, Node] = {}
+    for reader, dq in path.reads:
+        if dq not in as_float:
+            with g.inserting_after(dq):
+                as_float[dq] = g.call_function(_aten._to_copy.default, (dq.args[0],),
+                                               {"dtype": torch.float32})
+        reader.replace_input_with(dq, as_float[dq])
+    with g.inserting_before(quantize):
+        if not path.weighted and ratio != 1.0:  # a pool that changes the scale
+            y = g.call_function(_aten.mul.Tensor, (y, ratio))
+        q = g.call_function(_aten.round.default, (y,))
+        if out_zero != 0:
+            q = g.call_function(_aten.add.Tensor, (q, out_zero))
+        q = g.call_function(_aten.clamp.default, (q, qmin, qmax))
+        q = g.call_function(_aten._to_copy.default, (q,), {"dtype": dtype})
+    quantize.replace_all_uses_with(q)
+    g.erase_node(quantize)
+    return True
+
+
+def fold_int8_scales(graph: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, int]:
+    """A copy of ``graph`` with the scales of its linear float tails folded (see the module's docstring).
+
+    Args:
+        graph: a graph of ``convert_pt2e`` (``QuantizedModel.graph_module``); not modified.
+
+    Returns:
+        ``(copy, n)``: the copy (its nodes are new, its constants ``graph``'s own) and how many quantizes it
+        rewrote: one per Split-Attention block and per average pool between two quantizes.
+    """
+    copy = torch.fx.GraphModule(graph, deepcopy(graph.graph))
+    dequantize, quantize = _decomposed("dequantize_per_tensor"), _decomposed("quantize_per_tensor")
+    if dequantize is None or quantize is None:
+        return copy, 0
+    g = copy.graph
+    n = sum(_fold(g, node, dequantize) for node in list(g.nodes) if _calls(node, quantize))
+    if n:
+        g.eliminate_dead_code()
+        copy.recompile()
+    return copy, n
