@@ -12,7 +12,12 @@ per GEMM; measured and not adopted, benchmarks/RESULTS.md).
 dequantize / quantize scales are folded into the attention weights
 (:func:`splitattn.deploy.int8_scales.fold_int8_scales`).
 
+``--profile N``: after the timing, ``torch.profiler`` over N calls of each side, sides alternating, twice
+each; prints ms per batch of profiled self time by :mod:`profile_ops`' classes and by kernel (inductor
+names its kernels in the profile: both sides compile with ``cpp.enable_kernel_profile``).
+
     python benchmarks/int8_compile_ab.py --ab wrapper --batch-size 1 --threads 2 --rounds 8
+    python benchmarks/int8_compile_ab.py --ab scales --batch-size 8 --rounds 10 --steps 2 --profile 5
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 
 import splitattn
 from paired import median_ratio, time_paired
+from profile_ops import CLASSES, attribute, fused_ops
 from splitattn.deploy import quantization
 from splitattn.deploy.cpu_features import cpu_description
 
@@ -84,6 +90,28 @@ SIDES: dict[str, tuple[tuple[str, Callable[[], ContextManager[Any]]], ...]] = {
 }
 
 
+def profile_sides(sides: dict[str, Callable[[], Any]], steps: int, passes: int = 2,
+                  ) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
+    """name -> (ms per call by op class, ms per call by kernel family) of profiled self time, the sides
+    profiled in alternation, ``passes`` times each (a kernel family: an inductor kernel's fused op names,
+    its number dropped; other events by name)."""
+    totals: dict[str, tuple[dict[str, float], dict[str, float]]] = {n: ({}, {}) for n in sides}
+    names = list(sides)
+    for p in range(passes):
+        for name in (names if p % 2 == 0 else names[::-1]):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                for _ in range(steps):
+                    sides[name]()
+            per_class, kernels = attribute(list(prof.events()))
+            by_class, by_kernel = totals[name]
+            for cls, us in per_class.items():
+                by_class[cls] = by_class.get(cls, 0.0) + us / 1e3 / steps / passes
+            for kernel, (_, us, _) in kernels.items():
+                family = fused_ops(kernel) or kernel
+                by_kernel[family] = by_kernel.get(family, 0.0) + us / 1e3 / steps / passes
+    return totals
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ab", choices=sorted(SIDES), default="wrapper")
@@ -93,7 +121,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--steps", type=int, default=5, help="timed calls per side per round")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N calls per side after")
     args = p.parse_args()
+    if args.profile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True
     torch.set_num_threads(args.threads)
     print(f"{cpu_description()}, {args.threads} threads, torch {torch.__version__}, {args.model} INT8, "
           f"batch {args.batch_size}, {args.img_size} px, A/B: {args.ab}")
@@ -126,6 +159,13 @@ def main() -> None:
     for name, v in ms.items():
         print(f"{name}: median {statistics.median(v):.2f} ms per batch ({args.rounds} rounds)")
     print(f"{base} / {side} time, median of paired rounds: {median_ratio(ms[side], ms[base]):.3f}")
+    if args.profile:
+        profiles = profile_sides({name: call(*side) for name, side in programs.items()}, args.profile)
+        for name, (by_class, by_kernel) in profiles.items():
+            print(f"{name}, profiled ms per batch: " + ", ".join(
+                f"{c} {by_class.get(c, 0.0):.2f}" for c in CLASSES))
+            for kernel, ms_k in sorted(by_kernel.items(), key=lambda kv: -kv[1])[:12]:
+                print(f"  {ms_k:8.3f}  {kernel[:140]}")
 
 
 if __name__ == "__main__":
