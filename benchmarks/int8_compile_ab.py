@@ -8,9 +8,11 @@ median of the paired ratios.
 ``--ab templates``: the linears as MKL / oneDNN calls (the library's program) against inductor's C++ GEMM
 templates (:func:`gemm_templates`: the attention MLP's bias and ReLU in the GEMM's epilogue, no library call
 per GEMM; measured and not adopted, benchmarks/RESULTS.md).
-``--ab scales``: the converted graph's float tails compiled as they are against the library's program, whose
-dequantize / quantize scales are folded into the attention weights
-(:func:`splitattn.deploy.int8_scales.fold_int8_scales`).
+``--ab scales``: the converted graph compiled as it is against the same with the dequantize / quantize scales
+of its float tails folded into the attention weights (:func:`splitattn.deploy.int8_program.fold_int8_scales`;
+neither side with the MLP rewrite).
+``--ab mlp``: the attention MLP as MKL linears (scales folded) against the library's program, which also
+writes it as reductions that inductor fuses (:func:`splitattn.deploy.int8_program.linears_as_reductions`).
 
 ``--profile N``: after the timing, ``torch.profiler`` over N calls of each side, sides alternating, twice
 each; prints ms per batch of profiled self time by :mod:`profile_ops`' classes and by kernel (inductor
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +41,7 @@ from paired import median_ratio, time_paired
 from profile_ops import CLASSES, attribute, fused_ops
 from splitattn.deploy import quantization
 from splitattn.deploy.cpu_features import cpu_description
+from splitattn.deploy.int8_program import fold_int8_scales
 
 
 @contextlib.contextmanager
@@ -77,16 +81,23 @@ def _templates(on: bool) -> ContextManager[Any]:
     return gemm_templates() if on else contextlib.nullcontext()
 
 
-def _scales(folded: bool) -> ContextManager[Any]:
-    return contextlib.nullcontext() if folded else mock.patch.object(
-        quantization, "fold_int8_scales", lambda graph: (graph, 0))
+def _program(*rewrites: Callable[[torch.fx.GraphModule], int]) -> ContextManager[Any]:
+    """The INT8 program compiled from the converted graph with only ``rewrites`` applied."""
+    def build(graph: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, dict[str, int]]:
+        rewritten = torch.fx.GraphModule(graph, copy.deepcopy(graph.graph))
+        return rewritten, {r.__name__: r(rewritten) for r in rewrites}
+
+    return mock.patch.object(quantization, "program_graph", build)
 
 
 # --ab -> ((side name, context of the side's compile and calls), ...): the first side is the base
 SIDES: dict[str, tuple[tuple[str, Callable[[], ContextManager[Any]]], ...]] = {
     "wrapper": (("python wrapper", lambda: _wrapper(False)), ("C++ wrapper", lambda: _wrapper(True))),
     "templates": (("library GEMMs", lambda: _templates(False)), ("GEMM templates", lambda: _templates(True))),
-    "scales": (("scales as converted", lambda: _scales(False)), ("scales folded", lambda: _scales(True))),
+    "scales": (("scales as converted", lambda: _program()),
+               ("scales folded", lambda: _program(fold_int8_scales))),
+    "mlp": (("MLP as MKL linears", lambda: _program(fold_int8_scales)),
+            ("MLP as reductions", contextlib.nullcontext)),
 }
 
 

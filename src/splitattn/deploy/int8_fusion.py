@@ -95,6 +95,7 @@ def attention_as_linear(graph: torch.fx.GraphModule, names: Iterable[str]) -> in
         groups = int(node.args[8] if node.target is torch.ops.aten.convolution.default else
                      (node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)))
         c_in, c_out = x.meta["val"].shape[1] // groups, node.meta["val"].shape[1] // groups
+        before = node.prev
         with g.inserting_before(node):
             flat = g.call_function(torch.ops.aten.flatten.using_ints, (x, 1))
             weight = g.call_function(torch.ops.aten.flatten.using_ints, (w, 1))
@@ -109,12 +110,34 @@ def attention_as_linear(graph: torch.fx.GraphModule, names: Iterable[str]) -> in
             y = g.call_function(torch.ops.aten.unsqueeze.default,
                                 (g.call_function(torch.ops.aten.unsqueeze.default, (y, -1)), -1))
         y.meta.update({k: v for k, v in node.meta.items() if k in ("nn_module_stack", "stack_trace", "val")})
+        added = []
+        while (before := before.next) is not node:
+            added.append(before)
+        _record_values(added, node)
         node.replace_all_uses_with(y)
         g.erase_node(node)
         n += 1
     if n:
         graph.recompile()
     return n
+
+
+def _record_values(nodes: list[torch.fx.Node], conv: torch.fx.Node) -> None:
+    """Give ``nodes`` (inserted in place of ``conv``, in order) the values (``meta["val"]``) the capture would
+    have recorded, computed from their inputs' in the capture's fake mode: later passes read shapes there
+    (:func:`splitattn.deploy.int8_program.linears_as_reductions`). Without a fake mode, nothing."""
+    from torch._guards import detect_fake_mode
+
+    mode = detect_fake_mode([a.meta.get("val") for a in conv.args if isinstance(a, torch.fx.Node)])
+    if mode is None:
+        return
+    with mode:
+        for node in nodes:
+            args = torch.fx.node.map_arg(node.args, lambda a: a.meta.get("val"))
+            try:
+                node.meta.setdefault("val", node.target(*args, **node.kwargs))
+            except Exception:  # noqa: BLE001 (an input without a value: the rest stays unrecorded)
+                return
 
 
 def _group(g: torch.fx.Graph, t: Any, dim: int, k: int, size: int) -> torch.fx.Node:

@@ -44,7 +44,7 @@ from ..utils.fileio import atomic_write
 from .cpu_features import INT8_FLAGS, cpu_flags, int8_dot_product, int8_support_problem, no_dot_product_note
 from .int8_format import FORMAT, VERSION, bind_graph_state, read_int8_file, write_int8_file
 from .int8_fusion import attention_as_linear, attention_mlp_convs, fast_int8_loads, x86_quantizer
-from .int8_scales import fold_int8_scales
+from .int8_program import program_graph
 
 __all__ = [
     "INT8_FLAGS", "QuantizedModel", "calibration_batches", "check_int8_support", "cpu_flags",
@@ -344,7 +344,7 @@ class QuantizedModel(nn.Module):
             x = torch.cat([x, x.new_zeros(pad_to - b, *x.shape[1:])])
         if self._compiled is None:
             # dynamic=False: inductor pre-packs the INT8 weights for a static input shape only.
-            self._compiled = torch.compile(fold_int8_scales(self.graph_module)[0], dynamic=False)
+            self._compiled = torch.compile(program_graph(self.graph_module)[0], dynamic=False)
         # Freezing (constant weights, pre-packed by the torchao passes) must be on when dynamo hands the
         # graph to inductor, which a per-compile options dict is too late for.
         with torch.no_grad(), _inductor_freezing():

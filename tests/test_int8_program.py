@@ -1,11 +1,11 @@
-"""The scales of the INT8 program's linear float tails, folded before inductor compiles
-(splitattn.deploy.int8_scales): what it rewrites, what it must leave alone, and that the values stay those of
-the converted graph up to one INT8 step.
+"""The graph inductor compiles for an INT8 model (splitattn.deploy.int8_program): what its rewrites change,
+what they must leave alone, and that the values stay those of the converted graph up to one INT8 step.
 
 - In a quantized ResNeSt (radix 1, 2, 4; avd and avg_down pools) every Split-Attention weighted sum and
-  every average pool between two quantizes is rewritten, nothing else; the graph it is given is unchanged.
+  every average pool between two quantizes has its scales folded, and every attention MLP linear becomes a
+  product and a sum; the INT8 classifier and the graph it is given are unchanged.
 - Hand-built graphs that are not linear in their dequantizes, or whose values are read elsewhere, or that
-  have a zero point, are left as they are.
+  have a zero point, are left as they are; so is a linear wider than inductor's bound.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 import splitattn
 from conftest import randomize_stats
-from splitattn.deploy.int8_scales import fold_int8_scales
+from splitattn.deploy.int8_program import MAX_REDUCTION_WIDTH, linears_as_reductions, program_graph
 from splitattn.layers.split_attn import SplitAttn
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
@@ -39,8 +39,9 @@ def test_folds_each_weighted_sum_and_int8_pool(radix: int) -> None:
     qmodel = splitattn.quantize(model, [torch.randn(4, 3, 64, 64, generator=gen)], compile=False)
     graph = qmodel.graph_module
     code = graph.code
-    folded, n = fold_int8_scales(graph)
+    folded, counts = program_graph(graph)
     assert graph.code == code, "the reference graph was modified"
+    n = counts["scales"]
 
     n_split = sum(isinstance(m, SplitAttn) for m in model.modules())
     pools = [name for name, m in model.named_modules() if isinstance(m, torch.nn.AvgPool2d)]
@@ -52,6 +53,9 @@ def test_folds_each_weighted_sum_and_int8_pool(radix: int) -> None:
     # The attention weights carry the scales, in a buffer of their own: one per product (radix 2: x0 * a0 +
     # x1 * a1; radix 1: x * a; radix 4: (x * a).sum over R, in one product).
     assert sum("inductor_force_stride_order" in t for t in targets) == n_split * (2 if radix == 2 else 1)
+    # The attention MLP (fc1, fc2 per block) as a product and a sum; the INT8 classifier stays a linear.
+    assert counts["linears"] == 2 * n_split
+    assert _targets(folded).count("aten.linear.default") == 1
     # No weighted sum or average pool reads a dequantize any more.
     for node in folded.graph.nodes:
         if node.op == "call_function" and node.target in (aten.mul.Tensor, aten.addcmul_.default,
@@ -116,8 +120,8 @@ def test_folded_weighted_sum_is_within_one_step() -> None:
     import torchao.quantization.pt2e  # noqa: F401  (registers quantized_decomposed)
 
     graph = torch.fx.symbolic_trace(_weighted_sum)
-    folded, n = fold_int8_scales(graph)
-    assert n == 1
+    folded, counts = program_graph(graph)
+    assert counts == {"scales": 1, "linears": 0}
     q, a = _inputs(8)
     ref, got = graph(q, a.view(2, 8)), folded(q, a.view(2, 8))
     assert got.dtype == torch.uint8 and got.shape == ref.shape == (2, 4, 5, 5)
@@ -132,6 +136,21 @@ def test_leaves_what_is_not_a_linear_tail(fn) -> None:
     import torchao.quantization.pt2e  # noqa: F401  (registers quantized_decomposed)
 
     graph = torch.fx.symbolic_trace(fn)
-    folded, n = fold_int8_scales(graph)
-    assert n == 0
+    folded, counts = program_graph(graph)
+    assert counts["scales"] == 0
     assert _targets(folded) == _targets(graph)
+
+
+@pytest.mark.parametrize("width", [300, MAX_REDUCTION_WIDTH + 1])
+def test_linear_as_a_reduction_within_the_bound(width: int) -> None:
+    g = torch.fx.Graph()
+    x, w, b = g.placeholder("x"), g.placeholder("w"), g.placeholder("b")
+    g.output(g.call_function(aten.linear.default, (x, w, b)))
+    gen = torch.Generator().manual_seed(0)
+    values = (torch.randn(3, width, generator=gen), torch.randn(5, width, generator=gen),
+              torch.randn(5, generator=gen))
+    for node, val in zip((x, w, b), values):
+        node.meta["val"] = val
+    graph = torch.fx.GraphModule(torch.nn.Module(), g)
+    assert linears_as_reductions(graph) == (1 if width <= MAX_REDUCTION_WIDTH else 0)
+    torch.testing.assert_close(graph(*values), torch.nn.functional.linear(*values), rtol=1e-5, atol=1e-4)
