@@ -38,7 +38,7 @@ import torch
 
 import splitattn
 from paired import median_ratio, time_paired
-from profile_ops import CLASSES, attribute, fused_ops
+from profile_ops import print_sides, profile_sides
 from splitattn.deploy import quantization
 from splitattn.deploy.cpu_features import cpu_description
 from splitattn.deploy.int8_program import fold_int8_scales
@@ -101,28 +101,6 @@ SIDES: dict[str, tuple[tuple[str, Callable[[], ContextManager[Any]]], ...]] = {
 }
 
 
-def profile_sides(sides: dict[str, Callable[[], Any]], steps: int, passes: int = 2,
-                  ) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
-    """name -> (ms per call by op class, ms per call by kernel family) of profiled self time, the sides
-    profiled in alternation, ``passes`` times each (a kernel family: an inductor kernel's fused op names,
-    its number dropped; other events by name)."""
-    totals: dict[str, tuple[dict[str, float], dict[str, float]]] = {n: ({}, {}) for n in sides}
-    names = list(sides)
-    for p in range(passes):
-        for name in (names if p % 2 == 0 else names[::-1]):
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                for _ in range(steps):
-                    sides[name]()
-            per_class, kernels = attribute(list(prof.events()))
-            by_class, by_kernel = totals[name]
-            for cls, us in per_class.items():
-                by_class[cls] = by_class.get(cls, 0.0) + us / 1e3 / steps / passes
-            for kernel, (_, us, _) in kernels.items():
-                family = fused_ops(kernel) or kernel
-                by_kernel[family] = by_kernel.get(family, 0.0) + us / 1e3 / steps / passes
-    return totals
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ab", choices=sorted(SIDES), default="wrapper")
@@ -171,12 +149,7 @@ def main() -> None:
         print(f"{name}: median {statistics.median(v):.2f} ms per batch ({args.rounds} rounds)")
     print(f"{base} / {side} time, median of paired rounds: {median_ratio(ms[side], ms[base]):.3f}")
     if args.profile:
-        profiles = profile_sides({name: call(*side) for name, side in programs.items()}, args.profile)
-        for name, (by_class, by_kernel) in profiles.items():
-            print(f"{name}, profiled ms per batch: " + ", ".join(
-                f"{c} {by_class.get(c, 0.0):.2f}" for c in CLASSES))
-            for kernel, ms_k in sorted(by_kernel.items(), key=lambda kv: -kv[1])[:12]:
-                print(f"  {ms_k:8.3f}  {kernel[:140]}")
+        print_sides(profile_sides({name: call(*side) for name, side in programs.items()}, args.profile))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -185,6 +186,39 @@ def summarize(per_class: dict[str, float], kernels: dict[str, tuple[str, float, 
                 top_kernels=[dict(name=n, cls=c, ms=round(t / 1e3 / steps, 2), pct=round(100 * t / total, 1),
                                   calls_per_step=k / steps) for n, (c, t, k) in ranked[:top]],
                 kernels={n: dict(cls=c, ms=round(t / 1e3 / steps, 3)) for n, (c, t, _) in ranked})
+
+
+def profile_sides(sides: dict[str, Callable[[], Any]], steps: int, passes: int = 2,
+                  head_width: int | None = None) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
+    """name -> (ms per call by op class, ms per call by kernel family) of profiled self time, the sides
+    profiled in alternation, ``passes`` times each (a kernel family: an inductor kernel's fused op names,
+    its number dropped; other events by name). ``head_width``: as :func:`attribute`'s (input shapes are
+    then recorded: the attention MLP's linears are told from the classifier by them)."""
+    totals: dict[str, tuple[dict[str, float], dict[str, float]]] = {n: ({}, {}) for n in sides}
+    names = list(sides)
+    for p in range(passes):
+        for name in (names if p % 2 == 0 else names[::-1]):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                        record_shapes=head_width is not None) as prof:
+                for _ in range(steps):
+                    sides[name]()
+            per_class, kernels = attribute(list(prof.events()), head_width)
+            by_class, by_kernel = totals[name]
+            for cls, us in per_class.items():
+                by_class[cls] = by_class.get(cls, 0.0) + us / 1e3 / steps / passes
+            for kernel, (_, us, _) in kernels.items():
+                family = fused_ops(kernel) or kernel
+                by_kernel[family] = by_kernel.get(family, 0.0) + us / 1e3 / steps / passes
+    return totals
+
+
+def print_sides(profiles: dict[str, tuple[dict[str, float], dict[str, float]]], top: int = 12) -> None:
+    """Print :func:`profile_sides`' result: each side's ms per call by class, then its ``top`` kernels."""
+    for name, (by_class, by_kernel) in profiles.items():
+        print(f"{name}, profiled ms per batch: " + ", ".join(
+            f"{c} {by_class.get(c, 0.0):.2f}" for c in CLASSES))
+        for kernel, ms in sorted(by_kernel.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"  {ms:8.3f}  {kernel[:140]}")
 
 
 def head_width(model: torch.nn.Module) -> int | None:

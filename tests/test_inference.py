@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 
 import pytest
 import torch
@@ -285,6 +286,76 @@ def test_pointwise_conv_on_a_vector_runs_as_a_gemm(groups: int, monkeypatch: pyt
     x.grad = None
     torch.relu(conv(x) + res).sum().backward()
     torch.testing.assert_close(g, x.grad, rtol=1e-6, atol=1e-6)
+
+
+def _dynamo_calls(fn: object, *args: torch.Tensor) -> list[str]:
+    """The names of the functions and methods in the graph that dynamo captures for ``fn(*args)``."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, _inputs: list[torch.Tensor]) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    torch._dynamo.reset()
+    return [getattr(n.target, "__name__", str(n.target)) for g in graphs for n in g.graph.nodes
+            if n.op in ("call_function", "call_method")]
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_compiled_inference_writes_the_vector_product_as_a_reduction(groups: int) -> None:
+    """Compiled for CPU inference, a 1x1 conv on a (B, C, 1, 1) map is a multiply and a sum (per group), which
+    inductor fuses with the ops around it; with autograd, exported, or wider than inductor's bound for such
+    products it stays a GEMM. Every form computes the conv's numbers."""
+    from splitattn.layers.fused_conv import MAX_REDUCTION_WIDTH
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, 1, groups=groups)
+    fused = FusedConv2d.from_conv(conv, activation="relu")
+    x = torch.randn(3, 8, 1, 1)
+    gemm = "linear" if groups == 1 else "bmm"
+    with torch.no_grad():
+        want = torch.relu(conv(x))
+        calls = _dynamo_calls(fused, x)
+        assert "mul" in calls and "sum" in calls and gemm not in calls, calls
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(fused, backend="eager")(x), want, rtol=0, atol=1e-6)
+        exported = torch.export.export(fused, (x,), strict=False).module()
+        assert any(gemm in str(n.target) for n in exported.graph.nodes)
+        torch.testing.assert_close(exported(x), want, rtol=0, atol=1e-6)
+        wide = FusedConv2d.from_conv(nn.Conv2d(MAX_REDUCTION_WIDTH + 1, 4, 1))
+        assert "linear" in _dynamo_calls(wide, torch.randn(2, MAX_REDUCTION_WIDTH + 1, 1, 1))
+    with torch.enable_grad():
+        assert gemm in _dynamo_calls(fused, x)
+
+
+def test_compiled_bf16_split_attention_tail_is_one_kernel() -> None:
+    """An optimized bf16 Split-Attention conv through inductor (radix 2, cardinality 2): the split pooling,
+    the attention MLP (fc1 + ReLU, fc2), the r-softmax and the weighted sum are one generated kernel; no
+    GEMM is called for the MLP; the output is eager's within bf16 rounding."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    block = SplitAttn(16, 16, radix=2, groups=2)
+    for bn in (block.bn0, block.bn1):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    opt = optimize_for_inference(block.eval(), dtype=torch.bfloat16)
+    x = torch.randn(2, 16, 8, 8, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        want = opt(x)
+        got, codes = run_and_get_code(torch.compile(opt, dynamic=False), x)
+    torch._dynamo.reset()
+    torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=3e-2 * float(want.abs().max()))
+    call = "\n".join(codes).split("def call(")[-1]  # the wrapper's step: what the program calls
+    kernels = re.findall(r"\bcpp_fused_(\w+)\(", call)
+    # After the grouped conv (a library call), one kernel: pool (sum), fc1 + ReLU, fc2 (mul, sum),
+    # r-softmax (exp, logsumexp) and the weighted sum (addcmul).
+    assert len(kernels) == 1, kernels
+    assert {"sum", "relu", "mul", "exp", "addcmul"} <= set(kernels[0].split("_")), kernels
+    assert not re.search(r"linear|addmm|\bmm\b|bmm", call), call
 
 
 def test_fused_model_does_not_overwrite_what_a_hook_holds() -> None:

@@ -17,7 +17,8 @@ import torch
 
 import splitattn
 from conftest import randomize_stats
-from splitattn.deploy.int8_program import MAX_REDUCTION_WIDTH, linears_as_reductions, program_graph
+from splitattn.deploy.int8_program import linears_as_reductions, program_graph
+from splitattn.layers.fused_conv import MAX_REDUCTION_WIDTH
 from splitattn.layers.split_attn import SplitAttn
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,

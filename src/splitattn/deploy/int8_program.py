@@ -39,7 +39,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["MAX_REDUCTION_WIDTH", "fold_int8_scales", "linears_as_reductions", "program_graph"]
+from ..layers.fused_conv import MAX_REDUCTION_WIDTH
+
+__all__ = ["fold_int8_scales", "linears_as_reductions", "program_graph"]
 
 _aten = torch.ops.aten
 _VIEWS = (_aten.view.default, _aten.reshape.default, _aten.permute.default, _aten.unbind.int,
@@ -216,11 +218,6 @@ def fold_int8_scales(graph: torch.fx.GraphModule) -> int:
         g.eliminate_dead_code()
         graph.recompile()
     return n
-
-
-# inductor's own bound for the matrix products it writes as a product and a sum on the CPU
-# (torch._inductor.fx_passes.decompose_mem_bound_mm, CPU_MAX_OTHER_DIMENSION_DECOMPOSITION)
-MAX_REDUCTION_WIDTH = 2048
 
 
 def linears_as_reductions(graph: torch.fx.GraphModule) -> int:

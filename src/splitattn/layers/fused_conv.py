@@ -10,8 +10,10 @@ the same prepacking and fusion that inductor's CPU freezing pass does, in eager 
 A 1x1 convolution (stride 1, no padding) applied to a ``(B, C, 1, 1)`` map, such as the Split-Attention MLP
 on the pooled vector, runs as a matrix product (``linear``, or one batched product per group) on every
 device and route: a convolution call has a fixed cost (prepared primitive, layout checks) that dwarfs
-such a vector's few multiply-adds, and a GEMM call's is much smaller; ``torch.compile`` then lowers it to
-its pre-packed GEMM (``benchmarks/RESULTS.md`` has the measurements).
+such a vector's few multiply-adds, and a GEMM call's is much smaller. Compiled for inference on the CPU
+(``torch.compile`` without autograd) the product is written as a multiply and a sum, which inductor fuses
+with the Split-Attention block's pooling, r-softmax and weighted sum into one kernel instead of calling a
+pre-packed GEMM per product (``benchmarks/RESULTS.md`` has the measurements).
 """
 
 # No `from __future__ import annotations`: TorchScript cannot resolve string annotations of unused methods.
@@ -24,9 +26,12 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["FusedConv2d", "onednn_fast_path_available", "pointwise_conv_as_linear"]
+__all__ = ["MAX_REDUCTION_WIDTH", "FusedConv2d", "onednn_fast_path_available", "pointwise_conv_as_linear"]
 
 _ACTIVATIONS = ("none", "relu")
+# inductor's own bound for the matrix products it writes as a product and a sum on the CPU
+# (torch._inductor.fx_passes.decompose_mem_bound_mm, CPU_MAX_OTHER_DIMENSION_DECOMPOSITION)
+MAX_REDUCTION_WIDTH = 2048
 # Input shapes per conv whose prepacked weights are kept (the reorder depends on the input shape).
 _MAX_PACKED = 4
 
@@ -49,7 +54,7 @@ _is_fx_tracing = getattr(
 
 def pointwise_conv_as_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], groups: int,  # noqa: UP045
-    relu: bool = False,
+    relu: bool = False, as_reduction: bool = False,
 ) -> torch.Tensor:
     """``conv2d(x, weight, bias, groups=groups)`` as a GEMM, for a 1x1 kernel (stride 1, no padding) on a
     1x1 map.
@@ -61,13 +66,20 @@ def pointwise_conv_as_linear(
         groups: the conv's groups; each group is its own product (one batched call).
         relu: apply a ReLU, to the GEMM's ``(B, C_out)`` output: compiled, inductor fuses a ReLU that
             reads a linear directly into the GEMM call (oneDNN's post-op), not one behind a reshape.
+        as_reduction: write the product as ``(x[:, None, :] * w).sum(-1)`` (per group), which inductor
+            generates as its own loop and fuses with the ops around it (see :func:`vector_as_reduction`).
 
     Returns:
         ``(B, C_out, 1, 1)``, contiguous (which for a 1x1 map is also channels_last).
     """
     b = x.shape[0]
     w = weight.reshape(weight.shape[0], -1)  # (C_out, C_in / groups)
-    if groups == 1:
+    if as_reduction:
+        # (B, G, 1, C_in / G) * (G, C_out / G, C_in / G), summed over C_in / G
+        y = (x.reshape(b, groups, 1, w.shape[1]) * w.view(groups, -1, w.shape[1])).sum(-1).reshape(b, -1)
+        if bias is not None:
+            y = y + bias
+    elif groups == 1:
         y = F.linear(x.reshape(b, -1), w, bias)
     else:
         xg = x.reshape(b, groups, -1).transpose(0, 1)  # (G, B, C_in / G)
@@ -78,6 +90,29 @@ def pointwise_conv_as_linear(
     if relu:
         y = torch.relu(y)
     return y.view(b, -1, 1, 1)
+
+
+@torch.jit.unused
+def vector_as_reduction(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a 1x1 conv on the ``(B, C, 1, 1)`` map ``x`` is best written as a product and a sum: compiled
+    by ``torch.compile`` for inference on the CPU (not exported, no autograd), with a weight of at most
+    :data:`MAX_REDUCTION_WIDTH` in each dim.
+
+    Args:
+        x: ``(B, C_in, 1, 1)``.
+        weight: ``(C_out, C_in / groups, 1, 1)``.
+
+    A pre-packed GEMM is a library call per product, and on a vector of ``B`` rows its fixed cost dwarfs
+    the multiply-adds; inductor's own loop instead joins the kernel that pools the block's input and the one
+    that applies the r-softmax, so the whole Split-Attention tail runs as one kernel. Eager, traced,
+    scripted, exported or with autograd the GEMM stays.
+    """
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return (
+        x.device.type == "cpu" and torch.compiler.is_compiling() and not exporting
+        and not torch.onnx.is_in_onnx_export() and not torch.is_grad_enabled()
+        and weight.shape[0] <= MAX_REDUCTION_WIDTH and weight.shape[1] <= MAX_REDUCTION_WIDTH
+    )
 
 
 def _tracing_or_compiling() -> bool:
@@ -148,10 +183,13 @@ class FusedConv2d(nn.Conv2d):
                 path may then write the output into its buffer instead of allocating a new one.
         """
         if self._on_vector(x):
+            reduce = False
+            if not torch.jit.is_scripting():
+                reduce = self._vector_as_reduction(x)
             if residual is None:
                 return pointwise_conv_as_linear(x, self.weight, self.bias, self.groups,
-                                                relu=self.activation == "relu")
-            y = pointwise_conv_as_linear(x, self.weight, self.bias, self.groups)
+                                                relu=self.activation == "relu", as_reduction=reduce)
+            y = pointwise_conv_as_linear(x, self.weight, self.bias, self.groups, as_reduction=reduce)
         else:
             if not torch.jit.is_scripting():
                 out = self._try_onednn(x, residual, reuse_residual)
@@ -169,6 +207,10 @@ class FusedConv2d(nn.Conv2d):
         return (x.dim() == 4 and x.shape[2] == 1 and x.shape[3] == 1 and self.kernel_size[0] == 1
                 and self.kernel_size[1] == 1 and self.stride[0] == 1 and self.stride[1] == 1
                 and self.padding[0] == 0 and self.padding[1] == 0)
+
+    @torch.jit.unused
+    def _vector_as_reduction(self, x: torch.Tensor) -> bool:
+        return vector_as_reduction(x, self.weight)
 
     @torch.jit.unused
     def _onednn_applies(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> bool:  # noqa: UP045
