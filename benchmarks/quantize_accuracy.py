@@ -2,8 +2,9 @@
 
 Calibrates splitattn.quantize on random batches and compares the logits of other random batches with the
 fp32 model's: cosine similarity (min and mean over images), max |difference| and max |fp32 logit|, top-1
-agreement. ``--compile`` runs the INT8 kernels (one inductor compile per model); without it the quantized
-reference graph (the same quantization, float arithmetic). Prints one JSON line per model and precision.
+agreement. ``--compile`` runs the INT8 kernels (one inductor compile per model; without it the quantized
+reference graph: the same quantization, float arithmetic) and adds the compiled bf16 program of splitattn
+models. Prints one JSON line per model and precision.
 
     python benchmarks/quantize_accuracy.py --models resnest50 resnest101 tv:resnet50 --compile
 """
@@ -35,6 +36,16 @@ def compare(name: str, got: torch.Tensor, ref: torch.Tensor, precision: str) -> 
             "top1_agree": round((got.argmax(1) == ref.argmax(1)).float().mean().item(), 4)}
 
 
+def _bf16_compiled(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The bench's ``+bf16-compile`` program: the bf16 optimized model through ``torch.compile`` with
+    freezing (each Split-Attention tail one kernel)."""
+    import torch._inductor.config as inductor_config
+
+    fast = optimize_for_inference(model, dtype=torch.bfloat16)
+    with torch.no_grad(), inductor_config.patch(freezing=True):
+        return torch.compile(fast)(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["resnest50", "resnest101", "resnest50_fast_4s2x40d",
@@ -42,7 +53,8 @@ def main() -> None:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--calibration-batches", type=int, default=4)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--compile", action="store_true", help="run the INT8 kernels (inductor)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the INT8 kernels and the compiled bf16 program (inductor)")
     p.add_argument("--attention", default="fp32", choices=["int8", "fp32"])
     args = p.parse_args()
     torch.set_num_threads(2)
@@ -61,6 +73,8 @@ def main() -> None:
                 bf16 = model.to(torch.bfloat16)(x.to(torch.bfloat16))
                 model.float()
         print(json.dumps(compare(name, bf16, ref, "bf16")), flush=True)
+        if args.compile and spec.startswith("splitattn:"):
+            print(json.dumps(compare(name, _bf16_compiled(model, x), ref, "bf16 (compiled)")), flush=True)
         q = splitattn.quantize(model, calibration, attention=args.attention, compile=args.compile)
         label = f"int8 ({'compiled' if args.compile else 'reference'}, attention {args.attention})"
         counters["inductor"].clear()
