@@ -98,14 +98,18 @@ def vector_as_reduction(x: torch.Tensor, weight: torch.Tensor) -> bool:
     by ``torch.compile`` for inference on the CPU (not exported, no autograd), with a weight of at most
     :data:`MAX_REDUCTION_WIDTH` in each dim.
 
+    A pre-packed GEMM is a library call per product, and on a vector of ``B`` rows its fixed cost dwarfs
+    the multiply-adds; inductor's own loop instead joins the kernel that pools the block's input and the one
+    that applies the r-softmax, so the whole Split-Attention tail runs as one kernel. Eager, traced,
+    scripted, exported or with autograd the GEMM stays (torch before 2.6, which cannot tell ``torch.export``
+    from ``torch.compile``, exports this form too: the same numbers).
+
     Args:
         x: ``(B, C_in, 1, 1)``.
         weight: ``(C_out, C_in / groups, 1, 1)``.
 
-    A pre-packed GEMM is a library call per product, and on a vector of ``B`` rows its fixed cost dwarfs
-    the multiply-adds; inductor's own loop instead joins the kernel that pools the block's input and the one
-    that applies the r-softmax, so the whole Split-Attention tail runs as one kernel. Eager, traced,
-    scripted, exported or with autograd the GEMM stays.
+    Returns:
+        ``True`` where :func:`pointwise_conv_as_linear` should take ``as_reduction=True``.
     """
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
     return (
