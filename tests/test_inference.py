@@ -321,6 +321,12 @@ def test_compiled_inference_writes_the_vector_product_as_a_reduction(groups: int
         assert "mul" in calls and "sum" in calls and gemm not in calls, calls
         torch._dynamo.reset()
         torch.testing.assert_close(torch.compile(fused, backend="eager")(x), want, rtol=0, atol=1e-6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 input, fp32 weights: a bf16 result
+            xb = x.to(torch.bfloat16)
+            torch._dynamo.reset()
+            got = torch.compile(fused, backend="eager")(xb)
+            torch.testing.assert_close(got, fused(xb), rtol=0, atol=1e-2)
+            assert got.dtype == conv(xb).dtype == torch.bfloat16
         exported = torch.export.export(fused, (x,), strict=False).module()
         assert any(gemm in str(n.target) for n in exported.graph.nodes)
         torch.testing.assert_close(exported(x), want, rtol=0, atol=1e-6)

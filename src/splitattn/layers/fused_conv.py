@@ -75,10 +75,12 @@ def pointwise_conv_as_linear(
     b = x.shape[0]
     w = weight.reshape(weight.shape[0], -1)  # (C_out, C_in / groups)
     if as_reduction:
-        # (B, G, 1, C_in / G) * (G, C_out / G, C_in / G), summed over C_in / G
-        y = (x.reshape(b, groups, 1, w.shape[1]) * w.view(groups, -1, w.shape[1])).sum(-1).reshape(b, -1)
+        # (B, G, 1, C_in / G) * (G, C_out / G, C_in / G), summed over C_in / G; in x's dtype, as a GEMM under
+        # autocast computes it (there x is bf16 and the weights fp32)
+        w = w.to(x.dtype).view(groups, -1, w.shape[1])
+        y = (x.reshape(b, groups, 1, w.shape[2]) * w).sum(-1).reshape(b, -1)
         if bias is not None:
-            y = y + bias
+            y = y + bias.to(x.dtype)
     elif groups == 1:
         y = F.linear(x.reshape(b, -1), w, bias)
     else:
@@ -86,7 +88,7 @@ def pointwise_conv_as_linear(
         wg = w.reshape(groups, -1, w.shape[1]).transpose(1, 2)  # (G, C_in / G, C_out / G)
         y = torch.bmm(xg, wg).transpose(0, 1).reshape(b, -1)
         if bias is not None:
-            y = y + bias
+            y = y + bias.to(y.dtype)  # under autocast bmm gives bf16, as the grouped conv does
     if relu:
         y = torch.relu(y)
     return y.view(b, -1, 1, 1)
