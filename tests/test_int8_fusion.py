@@ -138,7 +138,8 @@ def test_float_attention_runs_as_linear_layers(cardinality: int, tmp_path) -> No
         again = splitattn.load_quantized(path, compile=False, model=model)
         assert "attention_linear" not in again.info and _pooled_convs(again.graph_module) == 2 * n_split
     elif qmod.int8_support_problem() is None:
-        # Compiled (inductor: the linears of the cardinal groups as pre-packed GEMMs, concatenated).
+        # Compiled: the program inductor builds (deploy.int8_program: each cardinal group's linears as a
+        # product and a sum, fused into the block's tail kernel) computes what the reference graph does.
         compiled = qmod.QuantizedModel(graph, qmodel.info, compile=True)(x)
         with torch.no_grad():
             reference = qmodel(x)
