@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 import splitattn
+from harness import compiled_with_freezing
 from paired import median_ratio, time_paired
 from profile_ops import head_width, print_sides, profile_sides
 from splitattn.deploy.cpu_features import cpu_description
@@ -96,19 +97,13 @@ def build(program: str, model: nn.Module, x: torch.Tensor, change: Callable[[nn.
     if change is not None:
         print(f"  {change.__name__}: {change(m)} MLP modules replaced")
     x = x.to(dtype or torch.float32).contiguous(memory_format=torch.channels_last)
-    if not program.endswith("-compile"):
-        def infer() -> torch.Tensor:
-            with torch.inference_mode():
-                return m(x)
-        return infer
-    import torch._inductor.config as inductor_config
+    if program.endswith("-compile"):
+        return compiled_with_freezing(m, x)
 
-    compiled = torch.compile(m)
-
-    def infer_compiled() -> torch.Tensor:
-        with torch.no_grad(), inductor_config.patch(freezing=True):
-            return compiled(x)
-    return infer_compiled
+    def infer() -> torch.Tensor:
+        with torch.inference_mode():
+            return m(x)
+    return infer
 
 
 def main() -> None:

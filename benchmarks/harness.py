@@ -267,6 +267,21 @@ def _calibration(cfg: BenchConfig, n: int = 2) -> list[torch.Tensor]:
     return [torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, generator=gen) for _ in range(n)]
 
 
+def compiled_with_freezing(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A closure computing ``model(x)`` without autograd through ``torch.compile`` with inductor's freezing,
+    as the ``+bf16-compile`` rows run (the first call compiles)."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(model)
+
+    def infer_compiled() -> torch.Tensor:
+        # Freezing (weights as constants, pre-packed for oneDNN) is read when dynamo compiles.
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            return compiled(x)
+
+    return infer_compiled
+
+
 def _low_precision_fn(base: str, model: nn.Module, variant: str, x: torch.Tensor, cfg: BenchConfig,
                       channels_last: bool) -> Callable[[], torch.Tensor]:
     """A ``+int8`` (:func:`splitattn.quantize`, compiled) or ``+bf16`` inference closure."""
@@ -287,16 +302,7 @@ def _low_precision_fn(base: str, model: nn.Module, variant: str, x: torch.Tensor
         m = model.eval().to(torch.bfloat16).to(memory_format=fmt)
     xb = x.to(torch.bfloat16).contiguous(memory_format=fmt)
     if variant == "bf16-compile":
-        import torch._inductor.config as inductor_config
-
-        compiled = torch.compile(m)
-
-        def infer_compiled() -> torch.Tensor:
-            # Freezing (weights as constants, pre-packed for oneDNN) is read when dynamo compiles.
-            with torch.no_grad(), inductor_config.patch(freezing=True):
-                return compiled(xb)
-
-        return infer_compiled
+        return compiled_with_freezing(m, xb)
     if cfg.compile:
         m = torch.compile(m)
 
@@ -482,5 +488,5 @@ def write_outputs(rows: list[dict[str, Any]], csv_path: str | None = None, json_
 
 
 __all__ = ["BenchConfig", "DEFAULT_MODELS", "REF_RESNEST", "REF_RESNET", "Runner", "build_model",
-           "expand_specs", "make_runner", "parse_spec", "render", "run_benchmark", "saved_activation_mb",
-           "time_steps", "write_outputs"]
+           "compiled_with_freezing", "expand_specs", "make_runner", "parse_spec", "render", "run_benchmark",
+           "saved_activation_mb", "time_steps", "write_outputs"]
