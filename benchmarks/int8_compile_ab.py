@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ from paired import median_ratio, time_paired
 from profile_ops import print_sides, profile_sides
 from splitattn.deploy import quantization
 from splitattn.deploy.cpu_features import cpu_description
-from splitattn.deploy.int8_program import fold_int8_scales
+from splitattn.deploy.int8_program import fold_int8_scales, program_graph
 
 
 @contextlib.contextmanager
@@ -81,13 +80,9 @@ def _templates(on: bool) -> ContextManager[Any]:
     return gemm_templates() if on else contextlib.nullcontext()
 
 
-def _program(*rewrites: Callable[[torch.fx.GraphModule], int]) -> ContextManager[Any]:
+def _program(**rewrites: Callable[[torch.fx.GraphModule], int]) -> ContextManager[Any]:
     """The INT8 program compiled from the converted graph with only ``rewrites`` applied."""
-    def build(graph: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, dict[str, int]]:
-        rewritten = torch.fx.GraphModule(graph, copy.deepcopy(graph.graph))
-        return rewritten, {r.__name__: r(rewritten) for r in rewrites}
-
-    return mock.patch.object(quantization, "program_graph", build)
+    return mock.patch.object(quantization, "program_graph", lambda graph: program_graph(graph, rewrites))
 
 
 # --ab -> ((side name, context of the side's compile and calls), ...): the first side is the base
@@ -95,8 +90,8 @@ SIDES: dict[str, tuple[tuple[str, Callable[[], ContextManager[Any]]], ...]] = {
     "wrapper": (("python wrapper", lambda: _wrapper(False)), ("C++ wrapper", lambda: _wrapper(True))),
     "templates": (("library GEMMs", lambda: _templates(False)), ("GEMM templates", lambda: _templates(True))),
     "scales": (("scales as converted", lambda: _program()),
-               ("scales folded", lambda: _program(fold_int8_scales))),
-    "mlp": (("MLP as MKL linears", lambda: _program(fold_int8_scales)),
+               ("scales folded", lambda: _program(scales=fold_int8_scales))),
+    "mlp": (("MLP as MKL linears", lambda: _program(scales=fold_int8_scales)),
             ("MLP as reductions", contextlib.nullcontext)),
 }
 

@@ -33,6 +33,7 @@ The reference graph, which an INT8 file rebuilds and an uncompiled model runs, i
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ import torch
 
 from ..layers.fused_conv import MAX_REDUCTION_WIDTH
 
-__all__ = ["fold_int8_scales", "linears_as_reductions", "program_graph"]
+__all__ = ["PROGRAM_REWRITES", "fold_int8_scales", "linears_as_reductions", "program_graph"]
 
 _aten = torch.ops.aten
 _VIEWS = (_aten.view.default, _aten.reshape.default, _aten.permute.default, _aten.unbind.int,
@@ -258,16 +259,25 @@ def linears_as_reductions(graph: torch.fx.GraphModule) -> int:
     return n
 
 
-def program_graph(graph: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, dict[str, int]]:
+# name -> rewrite of the compiled program's graph, in the order they apply
+PROGRAM_REWRITES: dict[str, Callable[[torch.fx.GraphModule], int]] = {
+    "scales": fold_int8_scales, "linears": linears_as_reductions}
+
+
+def program_graph(graph: torch.fx.GraphModule,
+                  rewrites: Mapping[str, Callable[[torch.fx.GraphModule], int]] = PROGRAM_REWRITES,
+                  ) -> tuple[torch.fx.GraphModule, dict[str, int]]:
     """The graph inductor compiles for ``graph``: a copy with :func:`fold_int8_scales` and
     :func:`linears_as_reductions` applied.
 
     Args:
         graph: a graph of ``convert_pt2e`` (``QuantizedModel.graph_module``); not modified.
+        rewrites: name -> rewrite, applied to the copy in order (default :data:`PROGRAM_REWRITES`; the
+            benchmarks compare subsets).
 
     Returns:
         ``(copy, counts)``: the copy (its nodes are new, its constants ``graph``'s own) and how many nodes
-        each rewrite changed (``"scales"``: quantizes, ``"linears"``).
+        each rewrite changed, by name (``"scales"``: quantizes, ``"linears"``).
     """
     copy = torch.fx.GraphModule(graph, deepcopy(graph.graph))
-    return copy, {"scales": fold_int8_scales(copy), "linears": linears_as_reductions(copy)}
+    return copy, {name: rewrite(copy) for name, rewrite in rewrites.items()}
