@@ -113,12 +113,11 @@ def vector_as_reduction(x: torch.Tensor, weight: torch.Tensor) -> bool:
     Returns:
         ``True`` where :func:`pointwise_conv_as_linear` should take ``as_reduction=True``.
     """
+    if x.device.type != "cpu" or not torch.compiler.is_compiling() or torch.is_grad_enabled():
+        return False  # every eager call stops here, before the export checks
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return (
-        x.device.type == "cpu" and torch.compiler.is_compiling() and not exporting
-        and not torch.onnx.is_in_onnx_export() and not torch.is_grad_enabled()
-        and weight.shape[0] <= MAX_REDUCTION_WIDTH and weight.shape[1] <= MAX_REDUCTION_WIDTH
-    )
+    return (not exporting and not torch.onnx.is_in_onnx_export()
+            and weight.shape[0] <= MAX_REDUCTION_WIDTH and weight.shape[1] <= MAX_REDUCTION_WIDTH)
 
 
 def _tracing_or_compiling() -> bool:
