@@ -150,6 +150,12 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     return base, variant, layout or None
 
 
+def row_label(spec: str) -> str:
+    """The name a row spec's results carry: ``"tv:resnet50+int8@cl"`` -> ``"tv:resnet50@cl (INT8)"``."""
+    base, variant, layout = parse_spec(spec)
+    return base + (f"@{layout}" if layout else "") + _VARIANTS[variant]
+
+
 @dataclass
 class Runner:
     """One benchmark row: a model prepared for the chosen device, layout, precision and mode."""
@@ -241,7 +247,7 @@ def make_runner(spec: str, cfg: BenchConfig, modes: list[str]) -> Runner:
     x = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size, generator=gen)
     y = torch.randint(0, 1000, (cfg.batch_size,), generator=gen).to(device)
     x = x.to(device).contiguous(memory_format=fmt)
-    label = base + (f"@{layout}" if layout else "") + _VARIANTS[variant]
+    label = row_label(spec)
     model = build_model(base).to(device)
     runner = Runner(label, sum(p.numel() for p in model.parameters()), channels_last,
                     gmacs=count_macs(model, (3, cfg.img_size, cfg.img_size)) / 1e9
@@ -378,7 +384,8 @@ def run_benchmark(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[
 
     Returns:
         One dict per row with timm's column names (``infer_samples_per_sec``, ``infer_step_time`` in
-        ms, ``train_*``, ``*_vs_timm_resnest50d`` / ``*_vs_resnet50`` paired ratios, peak memory...).
+        ms, ``train_*``, ``*_vs_timm_resnest50d`` / ``*_vs_resnet50`` paired ratios, peak memory...) and
+        the ms per step of each round (``infer_round_ms``, in round order: rows pair round by round).
     """
     if cfg.mode not in ("infer", "train", "both"):
         raise InputError(f"mode must be 'infer', 'train' or 'both', got {cfg.mode!r}")
@@ -425,6 +432,7 @@ def _row(r: Runner, runners: list[Runner], cfg: BenchConfig, roofs: dict[str, fl
             f"{mode}_step_time": round(t * 1e3, 3),
             f"{mode}_batch_size": cfg.batch_size,
             f"{mode}_img_size": cfg.img_size,
+            f"{mode}_round_ms": [round(x * 1e3, 3) for x in times],  # for paired ratios of any two rows
         })
         for key, other in (("vs_timm_resnest50d", ref_resnest), ("vs_resnet50", ref_resnet)):
             ratio = median_ratio(times, getattr(other, f"{mode}_times")) if other else None
@@ -476,17 +484,19 @@ def render(rows: list[dict[str, Any]], console: Any) -> None:
 
 def write_outputs(rows: list[dict[str, Any]], csv_path: str | None = None, json_path: str | None = None,
                   ) -> None:
-    """Write ``rows`` as JSON (a list of objects) and/or CSV (one column per key seen in any row)."""
+    """Write ``rows`` as JSON (a list of objects) and/or CSV (one column per scalar key seen in any row;
+    the per-round times stay in the JSON)."""
     if json_path:
         atomic_write_text(json_path, json.dumps(rows, indent=2) + "\n")
     if csv_path:
         buf = io.StringIO(newline="")
-        w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+        keys = dict.fromkeys(k for row in rows for k, v in row.items() if not isinstance(v, list))
+        w = csv.DictWriter(buf, fieldnames=list(keys), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
         atomic_write_text(csv_path, buf.getvalue())
 
 
 __all__ = ["BenchConfig", "DEFAULT_MODELS", "REF_RESNEST", "REF_RESNET", "Runner", "build_model",
-           "compiled_with_freezing", "expand_specs", "make_runner", "parse_spec", "render", "run_benchmark",
-           "saved_activation_mb", "time_steps", "write_outputs"]
+           "compiled_with_freezing", "expand_specs", "make_runner", "parse_spec", "render", "row_label",
+           "run_benchmark", "saved_activation_mb", "time_steps", "write_outputs"]

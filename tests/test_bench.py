@@ -102,6 +102,8 @@ def test_cli_writes_csv_and_json(tmp_path: Path) -> None:
         header = next(csv.reader(f))
     for col in ("model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size", "param_count"):
         assert col in header
+    # Each round's time, for pairing any two rows later, is in the JSON only.
+    assert "infer_round_ms" not in header and all(len(r["infer_round_ms"]) == 1 for r in rows)
 
 
 def test_per_row_layouts_in_one_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
