@@ -281,6 +281,48 @@ def test_quantize_radix4_models(name: str, attention: str) -> None:
     assert any("softmax" in str(n.target) for n in qmodel.graph_module.graph.nodes)
 
 
+@needs_onednn_int8
+def test_compiled_calls_leave_inductor_config_alone_and_recompiles_stay_frozen(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor's freezing is on only while dynamo may compile (a new batch size, or a recompile for another
+    reason, which the backend sends back to run with freezing): every other call runs the program as it is,
+    without patching inductor's config (a few hundred microseconds per call)."""
+    import torch._inductor.config as inductor_config
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    tiny = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 4)).eval()
+    qmodel = splitattn.quantize(tiny, [torch.randn(4, 3, 12, 12) for _ in range(2)])
+    x = torch.randn(4, 3, 12, 12)
+    first = qmodel(x)  # compiles, with freezing
+    frozen_at_call: list[bool] = []
+    program = qmodel._compiled
+
+    class Spy(nn.Module):
+        def forward(self, inp: torch.Tensor) -> torch.Tensor:
+            frozen_at_call.append(bool(inductor_config.freezing))
+            return program(inp)
+
+    monkeypatch.setattr(qmodel, "_compiled", Spy())
+    assert inductor_config.freezing is False
+    torch.testing.assert_close(qmodel(x), first, rtol=0, atol=0)
+    torch.testing.assert_close(qmodel(x[:3]), first[:3], rtol=0, atol=0)  # padded to the compiled size
+    assert frozen_at_call == [False, False]
+    # A global state that dynamo guards on changes: it recompiles. Traced without freezing, the backend
+    # refuses the graph and the call runs again with freezing on, giving the same INT8 program's numbers.
+    torch.use_deterministic_algorithms(True)
+    try:
+        again = qmodel(x)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert frozen_at_call[2:] == [False, True]
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    # The backend alone: a graph traced without freezing is refused, with inductor's config untouched.
+    with pytest.raises(qmod._UnfrozenCompile):
+        qmod._compile_int8(torch.fx.symbolic_trace(tiny), [x])
+
+
 def test_int8_support_check_names_what_is_missing(monkeypatch: pytest.MonkeyPatch,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     assert not qmod.int8_dot_product(["avx2", "fma", "avx512f"])

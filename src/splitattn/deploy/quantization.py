@@ -20,7 +20,6 @@ in the file is unpickled or deserialised as a program. :meth:`QuantizedModel.exp
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import io
 import logging
@@ -344,13 +343,31 @@ class QuantizedModel(nn.Module):
             x = torch.cat([x, x.new_zeros(pad_to - b, *x.shape[1:])])
         if self._compiled is None:
             # dynamic=False: inductor pre-packs the INT8 weights for a static input shape only.
-            self._compiled = torch.compile(program_graph(self.graph_module)[0], dynamic=False)
-        # Freezing (constant weights, pre-packed by the torchao passes) must be on when dynamo hands the
-        # graph to inductor, which a per-compile options dict is too late for.
-        with torch.no_grad(), _inductor_freezing():
-            out = self._compiled(x)
+            self._compiled = torch.compile(program_graph(self.graph_module)[0], backend=_compile_int8,
+                                           dynamic=False)
+        with torch.no_grad():
+            out = self._run(x, compiles=x.shape[0] not in self._batch_sizes)
         self._batch_sizes.add(x.shape[0])
         return out[:b]
+
+    def _run(self, x: torch.Tensor, compiles: bool) -> torch.Tensor:
+        """The compiled program on ``x``, with inductor's freezing on only while dynamo may compile: for a new
+        batch size, or again when :func:`_compile_int8` finds that dynamo traced without it (a recompile
+        for another reason, such as a call under autocast). Patching inductor's config around every call
+        costs each call a few hundred microseconds, a few percent of a batch-1 step."""
+        import torch._inductor.config as inductor_config
+        from torch._dynamo.exc import BackendCompilerFailed
+
+        if not compiles:
+            try:
+                return self._compiled(x)
+            except BackendCompilerFailed as e:
+                if not isinstance(e.inner_exception, _UnfrozenCompile):
+                    raise
+        # Freezing must be on while dynamo traces (it makes the weights constants of the graph), which the
+        # backend is too late for.
+        with inductor_config.patch(freezing=True):
+            return self._compiled(x)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model as tensors and JSON (:mod:`splitattn.deploy.int8_format`), atomically; load it with
@@ -380,12 +397,22 @@ batch 1 but doubles the first call's compile time; it is off (figures in benchma
 ``benchmarks/int8_compile_ab.py``)."""
 
 
-@contextlib.contextmanager
-def _inductor_freezing() -> Iterator[None]:
-    import torch._inductor.config as inductor_config
+class _UnfrozenCompile(Exception):
+    """Dynamo traced a :class:`QuantizedModel`'s program with inductor's freezing off."""
 
+
+def _compile_int8(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Any:
+    """The ``torch.compile`` backend of a :class:`QuantizedModel`: inductor with :data:`INDUCTOR_OPTIONS` and
+    :func:`~splitattn.deploy.int8_fusion.fast_int8_loads`, for a graph that dynamo traced with freezing on
+    (the weights its constants, which the INT8 convs pre-pack); else it raises :class:`_UnfrozenCompile`
+    and the model calls again with freezing on."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor.compile_fx import compile_fx
+
+    if not inductor_config.freezing:
+        raise _UnfrozenCompile
     with inductor_config.patch(INDUCTOR_OPTIONS), fast_int8_loads():
-        yield
+        return compile_fx(gm, example_inputs)
 
 
 def load_quantized(path: str | os.PathLike, compile: bool = True, model: nn.Module | None = None,
