@@ -13,9 +13,11 @@ of its float tails folded into the attention weights (:func:`splitattn.deploy.in
 neither side with the MLP rewrite).
 ``--ab mlp``: the attention MLP as MKL linears (scales folded) against the library's program, which also
 writes it as reductions that inductor fuses (:func:`splitattn.deploy.int8_program.linears_as_reductions`).
-``--ab call-patch``: the model called inside inductor's config patch (freezing and the other
-``INDUCTOR_OPTIONS``, :func:`~splitattn.deploy.int8_fusion.fast_int8_loads`) at every call, as
-``QuantizedModel`` did until it patched only the calls that compile, against the library's calls.
+``--ab calls``: three ways of calling the same INT8 program (one quantized model): compiled by
+``torch.compile`` (dynamo's guards at every call) and called inside inductor's config patch (freezing and the
+other ``INDUCTOR_OPTIONS``, :func:`~splitattn.deploy.int8_fusion.fast_int8_loads`), as ``QuantizedModel`` did
+before; the same with the patch on the compiling call only; and the library's call (inductor's compiled
+function, without dynamo). Each side is compared with the last.
 
 ``--profile N``: after the timing, ``torch.profiler`` over N calls of each side, sides alternating, twice
 each; prints ms per batch of profiled self time by :mod:`profile_ops`' classes and by kernel (inductor
@@ -84,12 +86,30 @@ def _templates(on: bool) -> ContextManager[Any]:
     return gemm_templates() if on else contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def _patched_per_call() -> Iterator[None]:
+def _call_paths(program: Any, x: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    """``--ab calls``: the program of ``program`` (a compiled ``QuantizedModel``) called three ways."""
     import torch._inductor.config as inductor_config
 
-    with inductor_config.patch(quantization.INDUCTOR_OPTIONS), fast_int8_loads():
-        yield
+    def patched() -> ContextManager[Any]:
+        stack = contextlib.ExitStack()
+        stack.enter_context(inductor_config.patch(quantization.INDUCTOR_OPTIONS))
+        stack.enter_context(fast_int8_loads())
+        return stack
+
+    dynamo = torch.compile(program_graph(program.graph_module)[0], dynamic=False)
+    with torch.no_grad(), patched():
+        dynamo(x)  # compiles
+
+    def per_call() -> Any:
+        with torch.no_grad(), patched():
+            return dynamo(x)
+
+    def on_compile() -> Any:
+        with torch.no_grad():
+            return dynamo(x)
+
+    return {"dynamo, config patched per call": per_call, "dynamo, config patched on compile": on_compile,
+            "inductor without dynamo": lambda: program(x)}
 
 
 def _program(**rewrites: Callable[[torch.fx.GraphModule], int]) -> ContextManager[Any]:
@@ -105,9 +125,8 @@ SIDES: dict[str, tuple[tuple[str, Callable[[], ContextManager[Any]]], ...]] = {
                ("scales folded", lambda: _program(scales=fold_int8_scales))),
     "mlp": (("MLP as MKL linears", lambda: _program(scales=fold_int8_scales)),
             ("MLP as reductions", contextlib.nullcontext)),
-    "call-patch": (("config patched per call", _patched_per_call), ("as is", contextlib.nullcontext)),
+    "calls": (("library", contextlib.nullcontext),),  # one program, called three ways: _call_paths
 }
-SHARED_PROGRAM = ("call-patch",)  # A/Bs of how the program is called: both sides call one compiled program
 
 
 def main() -> None:
@@ -133,36 +152,34 @@ def main() -> None:
     shape = (3, args.img_size, args.img_size)
     calibration = [torch.randn(4, *shape).contiguous(memory_format=torch.channels_last) for _ in range(2)]
     x = torch.randn(args.batch_size, *shape).contiguous(memory_format=torch.channels_last)
-    programs, logits = {}, {}
-    program = None
-    for name, context in SIDES[args.ab]:
-        with context(), torch.no_grad():
-            if program is None or args.ab not in SHARED_PROGRAM:
-                torch._dynamo.reset()
-                program = splitattn.quantize(model, calibration, compile=True)
-                t = time.perf_counter()
-                logits[name] = program(x)  # compiles
-                print(f"{name}: compiled in {time.perf_counter() - t:.1f} s", flush=True)
-            else:
-                logits[name] = program(x)
-            program(x)
-        programs[name] = (program, context)
-    (base, base_logits), (side, side_logits) = logits.items()
-    print(f"max |logit difference| {(side_logits - base_logits).abs().max().item():.3g} "
-          f"(max |logit| {base_logits.abs().max().item():.3g})")
-
     def call(program: Any, context: Callable[[], ContextManager[Any]]) -> Callable[[], Any]:
-        def run() -> None:
+        def run() -> Any:
             with context(), torch.no_grad():
-                program(x)
+                return program(x)
         return run
 
-    ms = time_paired({name: call(*side) for name, side in programs.items()}, args.rounds, args.steps)
+    sides = {}
+    for name, context in SIDES[args.ab]:
+        torch._dynamo.reset()
+        with context(), torch.no_grad():
+            program = splitattn.quantize(model, calibration, compile=True)
+            t = time.perf_counter()
+            program(x)
+            print(f"{name}: compiled in {time.perf_counter() - t:.1f} s", flush=True)
+        sides[name] = call(program, context)
+    if args.ab == "calls":
+        sides = _call_paths(program, x)
+    logits = {name: run() for name, run in sides.items()}
+    base_logits, last = next(iter(logits.values())), list(sides)[-1]
+    print(f"max |logit difference| {max((v - base_logits).abs().max().item() for v in logits.values()):.3g} "
+          f"(max |logit| {base_logits.abs().max().item():.3g})")
+    ms = time_paired(sides, args.rounds, args.steps)
     for name, v in ms.items():
         print(f"{name}: median {statistics.median(v):.2f} ms per batch ({args.rounds} rounds)")
-    print(f"{base} / {side} time, median of paired rounds: {median_ratio(ms[side], ms[base]):.3f}")
+    for name in list(sides)[:-1]:
+        print(f"{name} / {last} time, median of paired rounds: {median_ratio(ms[last], ms[name]):.3f}")
     if args.profile:
-        print_sides(profile_sides({name: call(*side) for name, side in programs.items()}, args.profile))
+        print_sides(profile_sides(sides, args.profile))
 
 
 if __name__ == "__main__":

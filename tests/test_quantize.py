@@ -172,7 +172,7 @@ def test_int8_kernels_run_every_conv_and_match_the_reference(digits: dict, int8_
     # A smaller batch runs padded into the compiled size: the same numbers, no second compile.
     part = qmodel(x[:100])
     torch.testing.assert_close(part, logits[:100], atol=1e-5, rtol=0)
-    assert qmodel._batch_sizes == {len(x)}
+    assert list(qmodel._programs) == [len(x)]
 
 
 @needs_torchao
@@ -282,45 +282,43 @@ def test_quantize_radix4_models(name: str, attention: str) -> None:
 
 
 @needs_onednn_int8
-def test_compiled_calls_leave_inductor_config_alone_and_recompiles_stay_frozen(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inductor's freezing is on only while dynamo may compile (a new batch size, or a recompile for another
-    reason, which the backend sends back to run with freezing): every other call runs the program as it is,
-    without patching inductor's config (a few hundred microseconds per call)."""
+def test_compiled_program_runs_without_dynamo_or_config_patches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch size gets one program, compiled by inductor directly; a call runs it as it is: no dynamo
+    (no guards to evaluate, no recompile on global state) and no patch of inductor's config (each costs a
+    call a few hundred microseconds)."""
     import torch._inductor.config as inductor_config
+    from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
     nn = torch.nn
     tiny = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(8, 4)).eval()
     qmodel = splitattn.quantize(tiny, [torch.randn(4, 3, 12, 12) for _ in range(2)])
+    compiled_for: list[int] = []
+    compile_program = qmod._compile_program
+    monkeypatch.setattr(qmod, "_compile_program",
+                        lambda graph, x: compiled_for.append(len(x)) or compile_program(graph, x))
+    captured = counters["stats"]["calls_captured"]
+    counters["inductor"].clear()
     x = torch.randn(4, 3, 12, 12)
-    first = qmodel(x)  # compiles, with freezing
+    first = qmodel(x)
+    assert counters["inductor"]["qconv_unary_lower_count"] == 2  # the INT8 kernels, not the reference ops
     frozen_at_call: list[bool] = []
-    program = qmodel._compiled
-
-    class Spy(nn.Module):
-        def forward(self, inp: torch.Tensor) -> torch.Tensor:
-            frozen_at_call.append(bool(inductor_config.freezing))
-            return program(inp)
-
-    monkeypatch.setattr(qmodel, "_compiled", Spy())
-    assert inductor_config.freezing is False
-    torch.testing.assert_close(qmodel(x), first, rtol=0, atol=0)
-    torch.testing.assert_close(qmodel(x[:3]), first[:3], rtol=0, atol=0)  # padded to the compiled size
-    assert frozen_at_call == [False, False]
-    # A global state that dynamo guards on changes: it recompiles. Traced without freezing, the backend
-    # refuses the graph and the call runs again with freezing on, giving the same INT8 program's numbers.
-    torch.use_deterministic_algorithms(True)
+    program = qmodel._programs[4]
+    qmodel._programs[4] = lambda inp: frozen_at_call.append(bool(inductor_config.freezing)) or program(inp)
+    torch.use_deterministic_algorithms(True)  # a global state that dynamo guards on
     try:
-        again = qmodel(x)
+        again, part = qmodel(x), qmodel(x[:3])  # the second padded to the compiled size
     finally:
         torch.use_deterministic_algorithms(False)
-    assert frozen_at_call[2:] == [False, True]
     torch.testing.assert_close(again, first, rtol=0, atol=0)
-    # The backend alone: a graph traced without freezing is refused, with inductor's config untouched.
-    with pytest.raises(qmod._UnfrozenCompile):
-        qmod._compile_int8(torch.fx.symbolic_trace(tiny), [x])
+    torch.testing.assert_close(part, first[:3], rtol=0, atol=0)
+    assert frozen_at_call == [False, False] and compiled_for == [4]
+    # A larger batch gets a program of its own, computing each image as before.
+    bigger = qmodel(torch.cat([x, x]))
+    assert compiled_for == [4, 8] and sorted(qmodel._programs) == [4, 8]
+    torch.testing.assert_close(bigger, torch.cat([first, first]), rtol=0, atol=1e-5)
+    assert counters["stats"]["calls_captured"] == captured  # dynamo traced nothing
 
 
 def test_int8_support_check_names_what_is_missing(monkeypatch: pytest.MonkeyPatch,

@@ -309,7 +309,7 @@ def fast_int8_loads() -> Iterator[None]:
 
     The patch is of inductor's code generator, for the whole process while the context is open (a
     compile in another thread meanwhile gets it too); the numbers computed are the same. Used around
-    every call of a compiled :class:`~splitattn.deploy.quantization.QuantizedModel` (the first one compiles).
+    each compile of a :class:`~splitattn.deploy.quantization.QuantizedModel`'s program.
 
     Yields:
         Nothing.

@@ -4,7 +4,8 @@
 torchao's ``X86InductorQuantizer`` (weights int8 per output channel, symmetric; activations uint8 per
 tensor, affine, ranges from histogram observers over the calibration batches), calibrates and converts
 it. The result, a :class:`QuantizedModel`, holds the quantized program (quantize/dequantize ops around
-float ops) and runs it through ``torch.compile`` with inductor's freezing, which turns each
+float ops) and compiles it with inductor and its freezing (one program per batch size, called without
+dynamo), which turns each
 dequantize -> conv -> (add) -> (ReLU) -> quantize chain into one oneDNN INT8 convolution (VNNI
 ``vpdpbusd``) with pre-packed weights. The Split-Attention pooling, r-softmax and weighted sum compute in
 fp32 from the grouped conv's INT8 output (:mod:`splitattn.deploy.int8_fusion`): no map goes through memory in
@@ -25,7 +26,7 @@ import io
 import logging
 import os
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,7 @@ def quantize(
             call on such a vector costs several times more, whatever its precision); ``"int8"``
             quantizes those two convs like every other. The r-softmax and the weighted sum are fp32
             either way.
-        compile: run through ``torch.compile`` with inductor freezing (the INT8 kernels); ``False`` runs
+        compile: compile with inductor and its freezing (the INT8 kernels); ``False`` runs
             the quantized program as it is (quantize/dequantize around fp32 ops: the same numbers
             within rounding, for checks only, slower than fp32).
         reduce_range: quantize activations to 7 bits (0..127) instead of 8, which keeps the 16-bit
@@ -300,8 +301,7 @@ class QuantizedModel(nn.Module):
         self.spec = spec
         self.info = dict(info)
         self.compile = compile
-        self._compiled: Any = None
-        self._batch_sizes: set[int] = set()
+        self._programs: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # batch size -> program
         self.training = False
 
     def train(self, mode: bool = True) -> QuantizedModel:
@@ -337,37 +337,15 @@ class QuantizedModel(nn.Module):
             with torch.no_grad():
                 return self.graph_module(x)
         b = x.shape[0]
-        pad_to = min((s for s in self._batch_sizes if s > b), default=None)
-        if b not in self._batch_sizes and pad_to is not None:
+        pad_to = min((s for s in self._programs if s > b), default=None)
+        if b not in self._programs and pad_to is not None:
             # Each sample is computed independently (static activation scales, folded BatchNorms).
             x = torch.cat([x, x.new_zeros(pad_to - b, *x.shape[1:])])
-        if self._compiled is None:
-            # dynamic=False: inductor pre-packs the INT8 weights for a static input shape only.
-            self._compiled = torch.compile(program_graph(self.graph_module)[0], backend=_compile_int8,
-                                           dynamic=False)
         with torch.no_grad():
-            out = self._run(x, compiles=x.shape[0] not in self._batch_sizes)
-        self._batch_sizes.add(x.shape[0])
-        return out[:b]
-
-    def _run(self, x: torch.Tensor, compiles: bool) -> torch.Tensor:
-        """The compiled program on ``x``, with inductor's freezing on only while dynamo may compile: for a new
-        batch size, or again when :func:`_compile_int8` finds that dynamo traced without it (a recompile
-        for another reason, such as a call under autocast). Patching inductor's config around every call
-        costs each call a few hundred microseconds, a few percent of a batch-1 step."""
-        import torch._inductor.config as inductor_config
-        from torch._dynamo.exc import BackendCompilerFailed
-
-        if not compiles:
-            try:
-                return self._compiled(x)
-            except BackendCompilerFailed as e:
-                if not isinstance(e.inner_exception, _UnfrozenCompile):
-                    raise
-        # Freezing must be on while dynamo traces (it makes the weights constants of the graph), which the
-        # backend is too late for.
-        with inductor_config.patch(freezing=True):
-            return self._compiled(x)
+            program = self._programs.get(x.shape[0])
+            if program is None:
+                program = self._programs[x.shape[0]] = _compile_program(self.graph_module, x)
+            return program(x)[:b]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model as tensors and JSON (:mod:`splitattn.deploy.int8_format`), atomically; load it with
@@ -397,22 +375,21 @@ batch 1 but doubles the first call's compile time; it is off (figures in benchma
 ``benchmarks/int8_compile_ab.py``)."""
 
 
-class _UnfrozenCompile(Exception):
-    """Dynamo traced a :class:`QuantizedModel`'s program with inductor's freezing off."""
+def _compile_program(graph_module: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The INT8 program of ``graph_module`` for inputs of ``x``'s shape (float32, contiguous): inductor with
+    :data:`INDUCTOR_OPTIONS` (freezing: the weights become constants, which the INT8 convs pre-pack) and
+    :func:`~splitattn.deploy.int8_fusion.fast_int8_loads`, on the rewritten copy of the graph
+    (:func:`~splitattn.deploy.int8_program.program_graph`).
 
-
-def _compile_int8(gm: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> Any:
-    """The ``torch.compile`` backend of a :class:`QuantizedModel`: inductor with :data:`INDUCTOR_OPTIONS` and
-    :func:`~splitattn.deploy.int8_fusion.fast_int8_loads`, for a graph that dynamo traced with freezing on
-    (the weights its constants, which the INT8 convs pre-pack); else it raises :class:`_UnfrozenCompile`
-    and the model calls again with freezing on."""
+    The graph goes to inductor directly, not through dynamo: the program is specialised to one input shape,
+    which :meth:`QuantizedModel.forward` checks and keys its programs by, so dynamo's guards (one per
+    frozen weight, at every call) and its recompiles on global state would only add time to each call.
+    Call under ``torch.no_grad()``.
+    """
     import torch._inductor.config as inductor_config
-    from torch._inductor.compile_fx import compile_fx
 
-    if not inductor_config.freezing:
-        raise _UnfrozenCompile
     with inductor_config.patch(INDUCTOR_OPTIONS), fast_int8_loads():
-        return compile_fx(gm, example_inputs)
+        return torch._inductor.compile(program_graph(graph_module)[0], [x])
 
 
 def load_quantized(path: str | os.PathLike, compile: bool = True, model: nn.Module | None = None,
