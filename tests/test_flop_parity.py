@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from flop_parity import Bar, main, row_spec, verdict
+from flop_parity import Bar, highest_roofs, main, row_spec, verdict
 from harness import row_label
 from splitattn.deploy.cpu_features import cpu_description
 
@@ -61,6 +61,18 @@ def test_verdict_pairs_rounds_and_never_passes_a_cpu_without_the_instructions() 
                 ("avx512_bf16",), Bar())
     assert v["model"] == "splitattn:resnest50@cl (bf16, compiled)"
     assert (v["verdict"], v["why"]) == ("not met", "no measured bf16 roof")
+
+
+def test_the_higher_of_two_roof_measurements_counts() -> None:
+    def measured(fp32: float, int8: float | None) -> dict[str, Any]:
+        return {"roofs": {"fp32": {"status": "measured", "gmac_per_s": fp32},
+                          "bf16": {"status": "emulated", "gmac_per_s": None, "reason": "reference loop"},
+                          "int8": {"status": "measured", "gmac_per_s": int8} if int8 else
+                          {"status": "emulated", "gmac_per_s": None, "reason": "x"}}}
+
+    assert highest_roofs([measured(80.0, 160.0), measured(90.0, 150.0)]) == {
+        "fp32": 90.0, "bf16": None, "int8": 160.0}
+    assert highest_roofs([measured(80.0, None), measured(70.0, 150.0)])["int8"] == 150.0
 
 
 def _roofs_file(path: Path) -> Path:
