@@ -278,17 +278,18 @@ def compiled_with_freezing(model: nn.Module, x: torch.Tensor) -> Callable[[], to
     as the ``+bf16-compile`` rows run (the first call compiles)."""
     import torch._inductor.config as inductor_config
 
-    compiled, compiles = torch.compile(model), [True]
+    compiled, first = torch.compile(model), True
 
     def infer_compiled() -> torch.Tensor:
+        nonlocal first
         with torch.no_grad():
-            if not compiles:  # the same input every call: nothing recompiles
+            if not first:  # the same input every call: nothing recompiles
                 return compiled(x)
             # Freezing (weights as constants, pre-packed for oneDNN) is read when dynamo compiles; patching
             # inductor's config around every call would add a few hundred microseconds to each.
             with inductor_config.patch(freezing=True):
                 out = compiled(x)
-            compiles.clear()
+            first = False
             return out
 
     return infer_compiled

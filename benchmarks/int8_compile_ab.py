@@ -152,6 +152,7 @@ def main() -> None:
     shape = (3, args.img_size, args.img_size)
     calibration = [torch.randn(4, *shape).contiguous(memory_format=torch.channels_last) for _ in range(2)]
     x = torch.randn(args.batch_size, *shape).contiguous(memory_format=torch.channels_last)
+
     def call(program: Any, context: Callable[[], ContextManager[Any]]) -> Callable[[], Any]:
         def run() -> Any:
             with context(), torch.no_grad():

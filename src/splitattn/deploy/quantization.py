@@ -5,11 +5,10 @@ torchao's ``X86InductorQuantizer`` (weights int8 per output channel, symmetric; 
 tensor, affine, ranges from histogram observers over the calibration batches), calibrates and converts
 it. The result, a :class:`QuantizedModel`, holds the quantized program (quantize/dequantize ops around
 float ops) and compiles it with inductor and its freezing (one program per batch size, called without
-dynamo), which turns each
-dequantize -> conv -> (add) -> (ReLU) -> quantize chain into one oneDNN INT8 convolution (VNNI
-``vpdpbusd``) with pre-packed weights. The Split-Attention pooling, r-softmax and weighted sum compute in
-fp32 from the grouped conv's INT8 output (:mod:`splitattn.deploy.int8_fusion`): no map goes through memory in
-float between two convs.
+dynamo), which turns each dequantize -> conv -> (add) -> (ReLU) -> quantize chain into one oneDNN INT8
+convolution (VNNI ``vpdpbusd``) with pre-packed weights. The Split-Attention pooling, r-softmax and
+weighted sum compute in fp32 from the grouped conv's INT8 output (:mod:`splitattn.deploy.int8_fusion`): no
+map goes through memory in float between two convs.
 
 :meth:`QuantizedModel.save` writes tensors and JSON only (:mod:`splitattn.deploy.int8_format`): the program's
 constants in safetensors, the float model's record, the quantization settings and each quantize op's scale
