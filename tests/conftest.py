@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -97,3 +98,14 @@ def put_hf_repo(cache: Path, repo_id: str, files: dict[str, bytes], commit: str 
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return repo
+
+
+def write_roofs_file(path: Path, threads: int = 2) -> Path:
+    """A fake ``benchmarks/cpu_peak.py --out`` file for this CPU: fp32 40, bf16 emulated, INT8 80 GMAC/s."""
+    from splitattn.deploy.cpu_features import cpu_description
+
+    roofs = {"fp32": {"status": "measured", "gmac_per_s": 40.0},
+             "bf16": {"status": "emulated", "gmac_per_s": None, "reason": "reference loop"},
+             "int8": {"status": "measured", "gmac_per_s": 80.0}}
+    path.write_text(json.dumps({"cpu": cpu_description(), "threads": threads, "torch": "x", "roofs": roofs}))
+    return path

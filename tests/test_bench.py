@@ -13,6 +13,7 @@ import torch
 
 from bench import add_arguments, config_from_args
 from bench import main as bench_main
+from conftest import write_roofs_file
 from harness import (
     BenchConfig,
     build_model,
@@ -86,7 +87,7 @@ def test_cli_writes_csv_and_json(tmp_path: Path) -> None:
     rc = bench_main(["-q", "--device", "cpu", "--models", "splitattn:resnest14d", "--mode", "infer",
                "-b", "1", "--img-size", "32", "--rounds", "1", "--steps", "1", "--warmup", "0", "--onnx",
                "--csv", str(tmp_path / "r.csv"), "--json", str(tmp_path / "r.json"), "--threads", "2",
-               "--roofs", str(_roofs_file(tmp_path / "peak.json"))])
+               "--roofs", str(write_roofs_file(tmp_path / "peak.json"))])
     assert rc == 0
     rows = json.loads((tmp_path / "r.json").read_text())
     assert [r["model"] for r in rows] == ["splitattn:resnest14d", "onnx:resnest14d"]
@@ -111,7 +112,7 @@ def test_per_row_layouts_in_one_run(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     import harness as benchmark
 
     # --measure-roofs: the roofs measured in-process (here a given result) divide the rows' GMAC/s.
-    fake = json.loads(_roofs_file(tmp_path / "peak.json").read_text())
+    fake = json.loads(write_roofs_file(tmp_path / "peak.json").read_text())
     monkeypatch.setattr(benchmark, "measure_roofs", lambda threads, log: fake)
     cfg = _cfg(models=["splitattn:resnest14d@cl", "timm:resnest14d@nchw"], ref_resnest="timm:resnest14d@nchw",
                ref_resnet="timm:resnest14d@nchw", mode="infer", optimized=True, measure_roofs=True)
@@ -166,17 +167,8 @@ def test_cli_flags_fill_every_config_field() -> None:
         run_benchmark(BenchConfig(models=["tv:resnet18"], mode="eval", device="cpu"))
 
 
-def _roofs_file(path: Path, threads: int = 2) -> Path:
-    """A fake ``cpu_peak.py --out`` file for this CPU: fp32 40, bf16 emulated, INT8 80 GMAC/s."""
-    roofs = {"fp32": {"status": "measured", "gmac_per_s": 40.0},
-             "bf16": {"status": "emulated", "gmac_per_s": None, "reason": "reference loop"},
-             "int8": {"status": "measured", "gmac_per_s": 80.0}}
-    path.write_text(json.dumps({"cpu": cpu_description(), "threads": threads, "torch": "x", "roofs": roofs}))
-    return path
-
-
 def test_gmac_and_roof_fraction_columns_from_given_numbers(tmp_path: Path) -> None:
-    roofs = load_roofs(_roofs_file(tmp_path / "peak.json"), threads=2)
+    roofs = load_roofs(write_roofs_file(tmp_path / "peak.json"), threads=2)
     assert roofs == {"fp32": 40.0, "bf16": None, "int8": 80.0}
     # 4 GMAC per image at 10 img/s = 40 GMAC/s: half the INT8 roof, all of fp32's, none for emulated bf16.
     assert roof_columns(10.0, 4.0, "int8", roofs) == dict(infer_gmac_per_s=40.0, roof_format="int8",

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from conftest import write_roofs_file
 from flop_parity import Bar, highest_roofs, main, row_spec, verdict
 from harness import row_label
 from splitattn.deploy.cpu_features import cpu_description
@@ -75,20 +76,12 @@ def test_the_higher_of_two_roof_measurements_counts() -> None:
     assert highest_roofs([measured(80.0, None), measured(70.0, 150.0)])["int8"] == 150.0
 
 
-def _roofs_file(path: Path) -> Path:
-    roofs = {"fp32": {"status": "measured", "gmac_per_s": 40.0},
-             "bf16": {"status": "emulated", "gmac_per_s": None, "reason": "reference loop"},
-             "int8": {"status": "measured", "gmac_per_s": 80.0}}
-    path.write_text(json.dumps({"cpu": cpu_description(), "threads": 2, "torch": "x", "roofs": roofs}))
-    return path
-
-
 def test_one_command_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """fp32 (decidable on any CPU) on small stand-ins, two batch sizes, with the scale rows."""
     rc = main(["--programs", "fp32", "--model", "splitattn:resnest14d", "--reference", "tv:resnet18",
                "--timm", "timm:resnest14d", "--fp32-rows", "--batch-sizes", "2", "1", "--img-size", "32",
                "--rounds", "2", "--steps", "1", "--warmup", "0", "--min-ratio", "0", "--min-roof", "0",
-               "--roofs", str(_roofs_file(tmp_path / "peak.json")), "--out", str(tmp_path / "fp")])
+               "--roofs", str(write_roofs_file(tmp_path / "peak.json")), "--out", str(tmp_path / "fp")])
     assert rc == 0
     report = json.loads((tmp_path / "fp.json").read_text())
     assert report["cpu"] == cpu_description()
