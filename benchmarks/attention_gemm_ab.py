@@ -11,7 +11,7 @@ the library's compiled path, the product written as a multiply and a sum that in
 block's pooling, r-softmax and weighted sum (``splitattn.layers.fused_conv.vector_as_reduction``).
 
 Programs: ``fp32`` (eager, as the bench's ``+opt`` row), ``bf16`` (eager), ``fp32-compile`` and
-``bf16-compile`` (``torch.compile`` with freezing, as the bench's ``+bf16-compile`` row compiles).
+``bf16-compile`` (``compile_for_inference``, as the bench's ``+bf16-compile`` row compiles).
 
 ``--profile N``: after the timing, ``torch.profiler`` over N calls of each side, sides alternating, twice
 each; ms per batch of profiled self time by ``profile_ops``' classes and by kernel (compiled sides name
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import splitattn
-from harness import compiled_with_freezing
+from harness import compiled_program
 from paired import median_ratio, time_paired
 from profile_ops import head_width, print_sides, profile_sides
 from splitattn.deploy.cpu_features import cpu_description
@@ -98,7 +98,7 @@ def build(program: str, model: nn.Module, x: torch.Tensor, change: Callable[[nn.
         print(f"  {change.__name__}: {change(m)} MLP modules replaced")
     x = x.to(dtype or torch.float32).contiguous(memory_format=torch.channels_last)
     if program.endswith("-compile"):
-        return compiled_with_freezing(m, x)
+        return compiled_program(m, x)
 
     def infer() -> torch.Tensor:
         with torch.inference_mode():

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "that row's memory format; +ckpt / +ckpt-attn time training with gradient "
                         "checkpointing / Split-Attention recompute, +opt / +fold optimized inference, "
                         "+int8 post-training INT8 (splitattn.quantize; onnx: rows: QDQ in onnxruntime), "
-                        "+bf16 bf16 weights and inputs (+bf16-compile: through torch.compile with freezing)")
+                        "+bf16 bf16 weights and inputs (+bf16-compile: through compile_for_inference)")
     p.add_argument("--mode", choices=["infer", "train", "both"], default=default.mode)
     p.add_argument("--device", default=default.device)
     p.add_argument("-b", "--batch-size", type=int, default=default.batch_size)

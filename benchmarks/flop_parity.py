@@ -4,7 +4,7 @@ fraction of the roof, with a verdict against the bar, in one command.
 For each batch size, one bench run (:func:`harness.run_benchmark`: every row in one process, paired
 interleaved rounds) times splitattn resnest50 and torchvision resnet50 in each program, both models through
 the same route: ``int8`` (:func:`splitattn.quantize`, compiled), ``bf16`` (bf16 weights through
-``torch.compile`` with freezing: the bench's ``+bf16-compile`` rows) and, for a check that any CPU can
+:func:`splitattn.compile_for_inference`: the bench's ``+bf16-compile`` rows) and, for a check that any CPU can
 decide, ``fp32`` (eager). Per program and batch it prints both models' img/s, the median of the paired
 per-round ratios (resnest50's throughput over resnet50's), the MAC ratio of the two models, resnest50's
 GMAC/s and its fraction of the roof of its format (:mod:`roofs`: measured before and after the runs, the

@@ -131,7 +131,8 @@ def parse_spec(spec: str) -> tuple[str, str, str | None]:
     ``+int8``: :func:`splitattn.quantize` calibrated on random batches of the row's input (CPU; for
     ``onnx:`` rows the QDQ model of :func:`~splitattn.deploy.export.export_onnx_int8`); ``+bf16``: bf16
     weights and inputs, through ``optimize_for_inference(dtype=torch.bfloat16)`` for splitattn models;
-    ``+bf16-compile``: the same through ``torch.compile`` with inductor freezing, as the INT8 rows run.
+    ``+bf16-compile``: the same through :func:`splitattn.compile_for_inference` (inductor with freezing,
+    called without dynamo), as the INT8 rows run.
     ``@cl`` / ``@nchw``: this row's memory format, overriding ``channels_last``, so that models can be
     compared each in its best layout within one run.
     """
@@ -274,8 +275,9 @@ def _calibration(cfg: BenchConfig, n: int = 2) -> list[torch.Tensor]:
 
 
 def compiled_with_freezing(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """A closure computing ``model(x)`` without autograd through ``torch.compile`` with inductor's freezing,
-    as the ``+bf16-compile`` rows run (the first call compiles)."""
+    """A closure computing ``model(x)`` without autograd through ``torch.compile`` with inductor's freezing:
+    the route a user takes by hand, behind dynamo's guards at every call (the ``+bf16-compile`` rows ran it
+    until the library's :func:`compiled_program`; ``compiled_route_ab.py`` compares the two)."""
     import torch._inductor.config as inductor_config
 
     compiled, first = torch.compile(model), True
@@ -293,6 +295,16 @@ def compiled_with_freezing(model: nn.Module, x: torch.Tensor) -> Callable[[], to
             return out
 
     return infer_compiled
+
+
+def compiled_program(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A closure computing ``model(x)`` through :func:`splitattn.compile_for_inference` (inductor with
+    freezing, called without dynamo), as the ``+bf16-compile`` rows run (the first call compiles)."""
+    from splitattn.deploy.compiled import compile_for_inference
+
+    program = compile_for_inference(model, tuple(x.shape[1:]),
+                                    channels_last=x.is_contiguous(memory_format=torch.channels_last))
+    return lambda: program(x)
 
 
 def _low_precision_fn(base: str, model: nn.Module, variant: str, x: torch.Tensor, cfg: BenchConfig,
@@ -315,7 +327,7 @@ def _low_precision_fn(base: str, model: nn.Module, variant: str, x: torch.Tensor
         m = model.eval().to(torch.bfloat16).to(memory_format=fmt)
     xb = x.to(torch.bfloat16).contiguous(memory_format=fmt)
     if variant == "bf16-compile":
-        return compiled_with_freezing(m, xb)
+        return compiled_program(m, xb)
     if cfg.compile:
         m = torch.compile(m)
 
@@ -505,5 +517,5 @@ def write_outputs(rows: list[dict[str, Any]], csv_path: str | None = None, json_
 
 
 __all__ = ["BenchConfig", "DEFAULT_MODELS", "REF_RESNEST", "REF_RESNET", "Runner", "build_model",
-           "compiled_with_freezing", "expand_specs", "make_runner", "parse_spec", "render", "row_label",
-           "run_benchmark", "saved_activation_mb", "time_steps", "write_outputs"]
+           "compiled_program", "compiled_with_freezing", "expand_specs", "make_runner", "parse_spec",
+           "render", "row_label", "run_benchmark", "saved_activation_mb", "time_steps", "write_outputs"]

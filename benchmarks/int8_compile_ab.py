@@ -4,7 +4,7 @@ compile), the largest logit difference between the sides, the median ms per batc
 median of the paired ratios.
 
 ``--ab wrapper``: inductor's Python wrapper against its C++ wrapper
-(``splitattn.deploy.quantization.INDUCTOR_OPTIONS["cpp_wrapper"]``).
+(``splitattn.deploy.compiled.INDUCTOR_OPTIONS["cpp_wrapper"]``).
 ``--ab templates``: the linears as MKL / oneDNN calls (the library's program) against inductor's C++ GEMM
 templates (:func:`gemm_templates`: the attention MLP's bias and ReLU in the GEMM's epilogue, no library call
 per GEMM; measured and not adopted, benchmarks/RESULTS.md).
@@ -43,7 +43,7 @@ import torch
 import splitattn
 from paired import median_ratio, time_paired
 from profile_ops import print_sides, profile_sides
-from splitattn.deploy import quantization
+from splitattn.deploy import compiled, quantization
 from splitattn.deploy.cpu_features import cpu_description
 from splitattn.deploy.int8_fusion import fast_int8_loads
 from splitattn.deploy.int8_program import fold_int8_scales, program_graph
@@ -79,7 +79,7 @@ def gemm_templates() -> Iterator[None]:
 
 
 def _wrapper(cpp: bool) -> ContextManager[Any]:
-    return mock.patch.dict(quantization.INDUCTOR_OPTIONS, cpp_wrapper=cpp)
+    return mock.patch.dict(compiled.INDUCTOR_OPTIONS, cpp_wrapper=cpp)
 
 
 def _templates(on: bool) -> ContextManager[Any]:
@@ -92,7 +92,7 @@ def _call_paths(program: Any, x: torch.Tensor) -> dict[str, Callable[[], Any]]:
 
     def patched() -> ContextManager[Any]:
         stack = contextlib.ExitStack()
-        stack.enter_context(inductor_config.patch(quantization.INDUCTOR_OPTIONS))
+        stack.enter_context(inductor_config.patch(compiled.INDUCTOR_OPTIONS))
         stack.enter_context(fast_int8_loads())
         return stack
 

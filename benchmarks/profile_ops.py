@@ -5,7 +5,7 @@ weights, eval) and program, built by the bench's own builders (:func:`harness.ma
 
 - ``int8``: the ``+int8`` row, :func:`splitattn.deploy.quantization` compiled (inductor with freezing);
 - ``bf16``: the ``+bf16-compile`` row, ``optimize_for_inference(dtype=torch.bfloat16)`` (splitattn) or a
-  bf16 model (torchvision) through ``torch.compile`` with freezing;
+  bf16 model (torchvision) through :func:`splitattn.compile_for_inference` (inductor with freezing);
 
 and each batch size, the program is compiled and warmed up, timed without the profiler, then profiled for
 ``--steps`` steps. Inductor's kernel profiling (``torch._inductor.config.cpp.enable_kernel_profile``) makes

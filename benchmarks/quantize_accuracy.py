@@ -23,7 +23,7 @@ from torch._dynamo.utils import counters
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import splitattn  # noqa: E402
 from conftest import randomize_stats  # noqa: E402
-from harness import build_model, compiled_with_freezing  # noqa: E402
+from harness import build_model, compiled_program  # noqa: E402
 from splitattn.deploy.fold import optimize_for_inference  # noqa: E402
 
 
@@ -37,10 +37,10 @@ def compare(name: str, got: torch.Tensor, ref: torch.Tensor, precision: str) -> 
 
 
 def _bf16_compiled(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The bench's ``+bf16-compile`` program: the bf16 optimized model through ``torch.compile`` with
-    freezing (each Split-Attention tail one kernel)."""
+    """The bench's ``+bf16-compile`` program: the bf16 optimized model through ``compile_for_inference``
+    (inductor with freezing; each Split-Attention tail one kernel)."""
     fast = optimize_for_inference(model, dtype=torch.bfloat16)
-    return compiled_with_freezing(fast, x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))()
+    return compiled_program(fast, x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))()
 
 
 def main() -> None:

@@ -337,9 +337,10 @@ def test_compiled_inference_writes_the_vector_product_as_a_reduction(groups: int
 
 
 def test_compiled_bf16_split_attention_tail_is_one_kernel() -> None:
-    """An optimized bf16 Split-Attention conv through inductor (radix 2, cardinality 2): the split pooling,
-    the attention MLP (fc1 + ReLU, fc2), the r-softmax and the weighted sum are one generated kernel; no
-    GEMM is called for the MLP; the output is eager's within bf16 rounding."""
+    """An optimized bf16 Split-Attention conv compiled for inference (radix 2, cardinality 2;
+    :func:`splitattn.compile_for_inference`): the split pooling, the attention MLP (fc1 + ReLU, fc2), the
+    r-softmax and the weighted sum are one generated kernel; no GEMM is called for the MLP; the output is
+    eager's within bf16 rounding."""
     from torch._inductor.utils import run_and_get_code
 
     torch.manual_seed(0)
@@ -349,11 +350,9 @@ def test_compiled_bf16_split_attention_tail_is_one_kernel() -> None:
         bn.running_var.uniform_(0.5, 2.0)
     opt = optimize_for_inference(block.eval(), dtype=torch.bfloat16)
     x = torch.randn(2, 16, 8, 8, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    torch._dynamo.reset()
     with torch.no_grad():
         want = opt(x)
-        got, codes = run_and_get_code(torch.compile(opt, dynamic=False), x)
-    torch._dynamo.reset()
+        got, codes = run_and_get_code(splitattn.compile_for_inference(opt, (16, 8, 8)), x)
     torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=3e-2 * float(want.abs().max()))
     call = "\n".join(codes).split("def call(")[-1]  # the wrapper's step: what the program calls
     kernels = re.findall(r"\bcpp_fused_(\w+)\(", call)

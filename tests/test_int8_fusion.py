@@ -22,6 +22,7 @@ import splitattn
 import splitattn.deploy.quantization as qmod
 from conftest import randomize_stats
 from splitattn.deploy import int8_fusion
+from splitattn.deploy.compiled import capture
 from splitattn.layers.split_attn import SplitAttn
 
 needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None,
@@ -116,7 +117,7 @@ def test_float_attention_runs_as_linear_layers(cardinality: int, tmp_path) -> No
     assert int8_fusion.float_round_trips(graph) == []
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     # In float the linears compute what the convs do (per cardinal group when grouped).
-    float_graph = qmod._capture(model, x)
+    float_graph = capture(model, x)
     as_linear = copy.deepcopy(float_graph)
     assert int8_fusion.attention_as_linear(as_linear, names) == 2 * n_split
     with torch.no_grad():

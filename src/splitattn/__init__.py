@@ -6,7 +6,7 @@ The training application is :mod:`splitattn.engine`; the command line is :mod:`s
 """
 
 from .data.preprocessing import DataConfig, resolve_data_config
-from .deploy import load_quantized, optimize_for_inference, quantize
+from .deploy import compile_for_inference, load_quantized, optimize_for_inference, quantize
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -45,6 +45,7 @@ __all__ = [
     "WeightsError",
     "__version__",
     "attention_maps",
+    "compile_for_inference",
     "create_model",
     "get_model_cfg",
     "get_pretrained_cfg",

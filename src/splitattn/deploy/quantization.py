@@ -40,6 +40,7 @@ from ..models._factory import build_model
 from ..models._spec import ModelSpec
 from ..models._weights import file_problem
 from ..utils.fileio import atomic_write
+from .compiled import ProgramsByBatch, capture, compile_graph
 from .cpu_features import INT8_FLAGS, cpu_flags, int8_dot_product, int8_support_problem, no_dot_product_note
 from .int8_format import FORMAT, VERSION, bind_graph_state, read_int8_file, write_int8_file
 from .int8_fusion import attention_as_linear, attention_mlp_convs, fast_int8_loads, x86_quantizer
@@ -217,7 +218,7 @@ def _convert(model: nn.Module, batches: Iterable[torch.Tensor], settings: Mappin
     observed, converted."""
     batches = iter(batches)
     first = next(batches)
-    graph = _capture(model, first)
+    graph = capture(model, first)
     config = x86.get_default_x86_inductor_quantization_config(reduce_range=settings["reduce_range"])
     quantizer = x86_quantizer(x86, model, config, split_outputs=settings.get("int8_split", False))
     float_mlp = attention_mlp_convs(model) if settings["attention"] == "fp32" else []
@@ -233,28 +234,6 @@ def _convert(model: nn.Module, batches: Iterable[torch.Tensor], settings: Mappin
     if float_mlp and settings.get("attention_linear", False):
         attention_as_linear(converted, float_mlp)
     return converted, n_images
-
-
-def _capture(model: nn.Module, first: torch.Tensor) -> nn.Module:
-    """``model`` in eval mode as an exported graph with a dynamic batch axis (its mode is restored)."""
-    # A batch of 1 would specialise the exported batch axis to 1.
-    example = first if first.shape[0] > 1 else first.expand(2, *first.shape[1:]).contiguous()
-    shapes = ({0: torch.export.Dim("batch", min=1)},)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            try:
-                # Strict (dynamo) capture names every call of a module apart; the quantizer groups the
-                # nodes of a non-strict capture by module, which fails on a module called several times
-                # (torchvision's ResNet calls each block's one ReLU three times).
-                program = torch.export.export(model, (example,), dynamic_shapes=shapes, strict=True)
-            except Exception as e:  # noqa: BLE001 (dynamo rejects some Python; the non-strict tracer may not)
-                log.info("strict torch.export failed (%s); capturing the model non-strict", e)
-                program = torch.export.export(model, (example,), dynamic_shapes=shapes)
-    finally:
-        model.train(was_training)
-    return program.module()
 
 
 def _model_name(model: nn.Module) -> str:
@@ -300,7 +279,7 @@ class QuantizedModel(nn.Module):
         self.spec = spec
         self.info = dict(info)
         self.compile = compile
-        self._programs: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # batch size -> program
+        self._programs = ProgramsByBatch(lambda x: _compile_program(self.graph_module, x))
         self.training = False
 
     def train(self, mode: bool = True) -> QuantizedModel:
@@ -335,16 +314,8 @@ class QuantizedModel(nn.Module):
         if not self.compile:
             with torch.no_grad():
                 return self.graph_module(x)
-        b = x.shape[0]
-        pad_to = min((s for s in self._programs if s > b), default=None)
-        if b not in self._programs and pad_to is not None:
-            # Each sample is computed independently (static activation scales, folded BatchNorms).
-            x = torch.cat([x, x.new_zeros(pad_to - b, *x.shape[1:])])
-        with torch.no_grad():
-            program = self._programs.get(x.shape[0])
-            if program is None:
-                program = self._programs[x.shape[0]] = _compile_program(self.graph_module, x)
-            return program(x)[:b]
+        # Padding a smaller batch is exact: static activation scales, folded BatchNorms.
+        return self._programs(x)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model as tensors and JSON (:mod:`splitattn.deploy.int8_format`), atomically; load it with
@@ -363,32 +334,13 @@ class QuantizedModel(nn.Module):
         return atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 
-INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": False, "size_asserts": False, "alignment_asserts": False,
-                    "scalar_asserts": False}
-"""How a :class:`QuantizedModel` compiles: freezing folds the weights into oneDNN's pre-packed INT8 convs.
-The ``*_asserts`` are inductor's checks, in the Python wrapper, that each oneDNN call returned the layout
-its lowering predicted: two calls per conv at every step, which inductor's C++ (AOTInductor) wrapper also
-leaves out unless asked; the tests compare the compiled program with the reference graph instead.
-``cpp_wrapper=True`` (inductor's C++ wrapper, no Python line per kernel) runs resnest50 INT8 faster at
-batch 1 but doubles the first call's compile time; it is off (figures in benchmarks/RESULTS.md,
-``benchmarks/int8_compile_ab.py``)."""
-
-
 def _compile_program(graph_module: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The INT8 program of ``graph_module`` for inputs of ``x``'s shape (float32, contiguous): inductor with
-    :data:`INDUCTOR_OPTIONS` (freezing: the weights become constants, which the INT8 convs pre-pack) and
-    :func:`~splitattn.deploy.int8_fusion.fast_int8_loads`, on the rewritten copy of the graph
-    (:func:`~splitattn.deploy.int8_program.program_graph`).
-
-    The graph goes to inductor directly, not through dynamo: the program is specialised to one input shape,
-    which :meth:`QuantizedModel.forward` checks and keys its programs by, so dynamo's guards (one per
-    frozen weight, at every call) and its recompiles on global state would only add time to each call.
-    Call under ``torch.no_grad()``.
+    freezing (:func:`~splitattn.deploy.compiled.compile_graph`: the weights become constants, which the INT8
+    convs pre-pack) and :func:`~splitattn.deploy.int8_fusion.fast_int8_loads`, on the rewritten copy of the
+    graph (:func:`~splitattn.deploy.int8_program.program_graph`), called without dynamo.
     """
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(INDUCTOR_OPTIONS), fast_int8_loads():
-        return torch._inductor.compile(program_graph(graph_module)[0], [x])
+    return compile_graph(program_graph(graph_module)[0], x, fast_int8_loads)
 
 
 def load_quantized(path: str | os.PathLike, compile: bool = True, model: nn.Module | None = None,

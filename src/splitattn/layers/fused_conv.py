@@ -17,7 +17,9 @@ pre-packed GEMM per product (``benchmarks/RESULTS.md`` has the measurements).
 """
 
 # No `from __future__ import annotations`: TorchScript cannot resolve string annotations of unused methods.
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Optional
 
 import torch
@@ -26,12 +28,15 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["MAX_REDUCTION_WIDTH", "FusedConv2d", "onednn_fast_path_available", "pointwise_conv_as_linear"]
+__all__ = ["MAX_REDUCTION_WIDTH", "FusedConv2d", "exporting_for_inductor", "onednn_fast_path_available",
+           "pointwise_conv_as_linear"]
 
 _ACTIVATIONS = ("none", "relu")
 # inductor's own bound for the matrix products it writes as a product and a sum on the CPU
 # (torch._inductor.fx_passes.decompose_mem_bound_mm, CPU_MAX_OTHER_DIMENSION_DECOMPOSITION)
 MAX_REDUCTION_WIDTH = 2048
+# Whether a torch.export capture is for inductor's CPU inference program (exporting_for_inductor).
+_EXPORT_FOR_INDUCTOR = False
 # Input shapes per conv whose prepacked weights are kept (the reorder depends on the input shape).
 _MAX_PACKED = 4
 
@@ -103,8 +108,9 @@ def vector_as_reduction(x: torch.Tensor, weight: torch.Tensor) -> bool:
     A pre-packed GEMM is a library call per product, and on a vector of ``B`` rows its fixed cost dwarfs
     the multiply-adds; inductor's own loop instead joins the kernel that pools the block's input and the one
     that applies the r-softmax, so the whole Split-Attention tail runs as one kernel. Eager, traced,
-    scripted, exported or with autograd the GEMM stays (torch before 2.6, which cannot tell ``torch.export``
-    from ``torch.compile``, exports this form too: the same numbers).
+    scripted, exported or with autograd the GEMM stays, except in an export for inductor
+    (:func:`exporting_for_inductor`; torch before 2.6, which cannot tell ``torch.export`` from
+    ``torch.compile``, exports this form too: the same numbers).
 
     Args:
         x: ``(B, C_in, 1, 1)``.
@@ -115,9 +121,23 @@ def vector_as_reduction(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """
     if x.device.type != "cpu" or not torch.compiler.is_compiling() or torch.is_grad_enabled():
         return False  # every eager call stops here, before the export checks
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)() and not _EXPORT_FOR_INDUCTOR
     return (not exporting and not torch.onnx.is_in_onnx_export()
             and weight.shape[0] <= MAX_REDUCTION_WIDTH and weight.shape[1] <= MAX_REDUCTION_WIDTH)
+
+
+@contextlib.contextmanager
+def exporting_for_inductor() -> Iterator[None]:
+    """Inside, a ``torch.export`` capture is of the program inductor compiles for CPU inference
+    (:class:`~splitattn.deploy.compiled.CompiledModel`): :func:`vector_as_reduction` then writes the pooled
+    vector's 1x1 convs as reductions, as it does under ``torch.compile``. An export for other runtimes
+    (ONNX, AOTInductor files, the INT8 flow) keeps the GEMMs."""
+    global _EXPORT_FOR_INDUCTOR
+    before, _EXPORT_FOR_INDUCTOR = _EXPORT_FOR_INDUCTOR, True
+    try:
+        yield
+    finally:
+        _EXPORT_FOR_INDUCTOR = before
 
 
 def _tracing_or_compiling() -> bool:

@@ -1,0 +1,81 @@
+"""A/B of the route a float model is compiled and called by, one model, paired interleaved rounds in one
+process (alternating order):
+
+- ``torch.compile``: ``torch.compile`` with inductor's freezing (patched on the compiling call only), the
+  route a user takes by hand and the bench's ``+bf16-compile`` rows took before: dynamo's guards at every
+  call (one per frozen weight), and inductor's layout asserts after each library call;
+- ``compile_for_inference``: :func:`splitattn.compile_for_inference`, the model captured once by
+  ``torch.export`` and compiled with freezing and without those asserts
+  (:data:`splitattn.deploy.compiled.INDUCTOR_OPTIONS`), each batch size's program called without dynamo.
+
+A splitattn model is ``optimize_for_inference(model, dtype=...)`` first on both sides (its attention MLP
+then compiles as products and sums on both); a torchvision or timm model is cast to the dtype. Inputs are
+channels_last. Prints the CPU, threads, torch, each side's first call (the compile), the largest logit
+difference between the sides, the median ms per batch of each side and the median of the paired ratios.
+
+    python benchmarks/compiled_route_ab.py --model splitattn:resnest50 --dtype fp32 --batch-size 1
+    python benchmarks/compiled_route_ab.py --model tv:resnet50 --dtype bf16 --batch-size 8 --rounds 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from harness import build_model, compiled_program, compiled_with_freezing
+from paired import median_ratio, time_paired
+from splitattn.deploy.cpu_features import cpu_description
+from splitattn.deploy.fold import optimize_for_inference
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SIDES = {"torch.compile": compiled_with_freezing, "compile_for_inference": compiled_program}
+
+
+def prepared(spec: str, dtype: torch.dtype) -> torch.nn.Module:
+    """The model of ``spec`` (random weights, eval) in ``dtype`` and channels_last."""
+    model = build_model(spec).eval()
+    if spec.startswith("splitattn:"):
+        return optimize_for_inference(model, dtype=dtype)
+    return model.to(dtype).to(memory_format=torch.channels_last)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="splitattn:resnest50", help="source:name, as bench.py takes them")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--steps", type=int, default=5, help="timed calls per side per round")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{cpu_description()}, {args.threads} threads, torch {torch.__version__}, {args.model} {args.dtype}, "
+          f"batch {args.batch_size}, {args.img_size} px", flush=True)
+    torch.manual_seed(0)
+    model = prepared(args.model, DTYPES[args.dtype])
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size).to(DTYPES[args.dtype])
+    x = x.contiguous(memory_format=torch.channels_last)
+    sides, logits = {}, {}
+    for name, build in SIDES.items():
+        torch._dynamo.reset()
+        t = time.perf_counter()
+        fn = build(model, x)
+        logits[name] = fn().float()
+        print(f"{name}: captured and compiled in {time.perf_counter() - t:.1f} s", flush=True)
+        sides[name] = fn
+    base, last = (logits[n] for n in SIDES)
+    print(f"max |logit difference| {(last - base).abs().max().item():.3g} "
+          f"(max |logit| {base.abs().max().item():.3g})")
+    ms = time_paired(sides, args.rounds, args.steps)
+    for name, v in ms.items():
+        print(f"{name}: median {statistics.median(v):.2f} ms per batch ({args.rounds} rounds)")
+    first, second = SIDES
+    print(f"{first} / {second} time, median of paired rounds: {median_ratio(ms[second], ms[first]):.3f}")
+
+
+if __name__ == "__main__":
+    main()
