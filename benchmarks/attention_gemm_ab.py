@@ -33,7 +33,7 @@ from torch import nn
 
 import splitattn
 from harness import compiled_program
-from paired import median_ratio, time_paired
+from paired import add_ab_arguments, median_ratio, start_ab, time_paired
 from profile_ops import head_width, print_sides, profile_sides
 from splitattn.deploy.cpu_features import cpu_description
 from splitattn.deploy.fold import optimize_for_inference
@@ -111,20 +111,11 @@ def main() -> None:
     p.add_argument("--ab", choices=sorted(SIDES), default="convs")
     p.add_argument("--model", default="resnest50")
     p.add_argument("--program", choices=["fp32", "bf16", "fp32-compile", "bf16-compile"], default="fp32")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--steps", type=int, default=5, help="timed calls per side per round")
-    p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N calls per side after")
+    add_ab_arguments(p, rounds=10)
     args = p.parse_args()
     if args.ab == "reductions" and not args.program.endswith("-compile"):
         p.error("--ab reductions compares compiled programs: --program fp32-compile or bf16-compile")
-    if args.profile:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.cpp.enable_kernel_profile = True
-    torch.set_num_threads(args.threads)
+    start_ab(args)
     print(f"{cpu_description()}, {args.threads} threads, torch {torch.__version__}, {args.model} "
           f"{args.program}, batch {args.batch_size}, {args.img_size} px, A/B: {args.ab}", flush=True)
     torch.manual_seed(0)

@@ -29,7 +29,7 @@ import time
 import torch
 
 from harness import build_model, compiled_program, compiled_with_freezing
-from paired import median_ratio, time_paired
+from paired import add_ab_arguments, median_ratio, start_ab, time_paired
 from profile_ops import print_sides, profile_sides
 from splitattn.deploy.cpu_features import cpu_description
 from splitattn.deploy.fold import optimize_for_inference
@@ -50,18 +50,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="splitattn:resnest50", help="source:name, as bench.py takes them")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--steps", type=int, default=5, help="timed calls per side per round")
-    p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N calls per side after")
+    add_ab_arguments(p, rounds=10)
     args = p.parse_args()
-    if args.profile:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.cpp.enable_kernel_profile = True
-    torch.set_num_threads(args.threads)
+    start_ab(args)
     print(f"{cpu_description()}, {args.threads} threads, torch {torch.__version__}, {args.model} "
           f"{args.dtype}, batch {args.batch_size}, {args.img_size} px", flush=True)
     torch.manual_seed(0)

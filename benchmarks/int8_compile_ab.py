@@ -41,7 +41,7 @@ from unittest import mock
 import torch
 
 import splitattn
-from paired import median_ratio, time_paired
+from paired import add_ab_arguments, median_ratio, start_ab, time_paired
 from profile_ops import print_sides, profile_sides
 from splitattn.deploy import compiled, quantization
 from splitattn.deploy.cpu_features import cpu_description
@@ -133,18 +133,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ab", choices=sorted(SIDES), default="wrapper")
     p.add_argument("--model", default="resnest50")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--steps", type=int, default=5, help="timed calls per side per round")
-    p.add_argument("--profile", type=int, default=0, metavar="N", help="profile N calls per side after")
+    add_ab_arguments(p, rounds=8)
     args = p.parse_args()
-    if args.profile:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.cpp.enable_kernel_profile = True
-    torch.set_num_threads(args.threads)
+    start_ab(args)
     print(f"{cpu_description()}, {args.threads} threads, torch {torch.__version__}, {args.model} INT8, "
           f"batch {args.batch_size}, {args.img_size} px, A/B: {args.ab}")
     torch.manual_seed(0)
