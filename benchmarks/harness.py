@@ -277,7 +277,9 @@ def _calibration(cfg: BenchConfig, n: int = 2) -> list[torch.Tensor]:
 def compiled_with_freezing(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
     """A closure computing ``model(x)`` without autograd through ``torch.compile`` with inductor's freezing:
     the route a user takes by hand, behind dynamo's guards at every call (the ``+bf16-compile`` rows ran it
-    until the library's :func:`compiled_program`; ``compiled_route_ab.py`` compares the two)."""
+    until the library's :func:`compiled_program`; ``compiled_route_ab.py`` compares the two). A strict
+    ``torch.export`` after the first call empties dynamo's cache, and the model then compiles again without
+    freezing: build such closures after every export of the run."""
     import torch._inductor.config as inductor_config
 
     compiled, first = torch.compile(model), True
