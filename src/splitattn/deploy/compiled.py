@@ -4,7 +4,8 @@ called without dynamo.
 ``torch.compile`` runs a compiled model behind dynamo's guards: every call checks the input, each
 parameter (one guard per frozen weight) and the global state it was traced under, and a change of that
 state (``torch.use_deterministic_algorithms``...) or of the batch size compiles again, up to dynamo's
-recompile limit. A program for one input size needs none of that. :class:`CompiledModel` captures a float
+recompile limit; so does any call after a strict ``torch.export``, which empties dynamo's cache. A program for
+one input size needs none of that. :class:`CompiledModel` captures a float
 model once with ``torch.export`` (dynamic batch axis) and hands the graph to inductor directly
 (``torch._inductor.compile``) at the first call of each batch size, with its freezing: the weights become
 constants, which oneDNN's convolutions pre-pack and into which the BatchNorms fold. A smaller batch runs
