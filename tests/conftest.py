@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,15 @@ def write_roofs_file(path: Path, threads: int = 2) -> Path:
              "int8": {"status": "measured", "gmac_per_s": 80.0}}
     path.write_text(json.dumps({"cpu": cpu_description(), "threads": threads, "torch": "x", "roofs": roofs}))
     return path
+
+
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` inside (a global state that dynamo guards a compiled
+    model on), the previous setting restored after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import splitattn
-from conftest import randomize_stats
+from conftest import deterministic_algorithms, randomize_stats
 from splitattn.deploy import compiled
 from splitattn.errors import EvalOnlyError, InputError
 from splitattn.layers import fused_conv
@@ -58,11 +58,8 @@ def test_one_program_per_batch_size_called_without_dynamo(monkeypatch: pytest.Mo
     with torch.no_grad():
         for p in tiny.parameters():
             p.zero_()
-    torch.use_deterministic_algorithms(True)  # a global state that dynamo would recompile on
-    try:
+    with deterministic_algorithms():  # dynamo would compile again under it
         again, part = program(x), program(x[:3])  # the second padded to the compiled size
-    finally:
-        torch.use_deterministic_algorithms(False)
     torch.testing.assert_close(again, out, rtol=0, atol=0)
     torch.testing.assert_close(part, out[:3], rtol=0, atol=0)
     assert compiled_for == [4]

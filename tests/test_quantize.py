@@ -22,7 +22,7 @@ from filelock import FileLock
 
 import splitattn
 import splitattn.deploy.quantization as qmod
-from conftest import randomize_stats
+from conftest import deterministic_algorithms, randomize_stats
 from splitattn.cli import main
 from splitattn.data.digits import build_digits_imagefolder
 from splitattn.data.imagefolder import ImageFolderDataset
@@ -306,11 +306,8 @@ def test_compiled_program_runs_without_dynamo_or_config_patches(monkeypatch: pyt
     frozen_at_call: list[bool] = []
     program = qmodel._programs[4]
     qmodel._programs[4] = lambda inp: frozen_at_call.append(bool(inductor_config.freezing)) or program(inp)
-    torch.use_deterministic_algorithms(True)  # a global state that dynamo guards on
-    try:
+    with deterministic_algorithms():  # dynamo would compile again under it
         again, part = qmodel(x), qmodel(x[:3])  # the second padded to the compiled size
-    finally:
-        torch.use_deterministic_algorithms(False)
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     torch.testing.assert_close(part, first[:3], rtol=0, atol=0)
     assert frozen_at_call == [False, False] and compiled_for == [4]

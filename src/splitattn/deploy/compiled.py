@@ -27,8 +27,8 @@ from torch import nn
 from ..errors import EvalOnlyError, InputError
 from ..layers.fused_conv import exporting_for_inductor
 
-__all__ = ["INDUCTOR_OPTIONS", "CompiledModel", "ProgramsByBatch", "capture", "compile_for_inference",
-           "compile_graph"]
+__all__ = ["INDUCTOR_OPTIONS", "CompiledModel", "ProgramsByBatch", "capture", "check_batch",
+           "compile_for_inference", "compile_graph"]
 
 log = logging.getLogger("splitattn")
 
@@ -89,6 +89,18 @@ def compile_graph(graph: nn.Module, x: torch.Tensor, context: Callable[[], Any] 
     fresh = torch.fx.GraphModule(graph, copy.deepcopy(graph.graph))
     with inductor_config.patch(INDUCTOR_OPTIONS), context():
         return torch._inductor.compile(fresh, [x])
+
+
+def check_batch(x: Any, input_size: Sequence[int], model: str, remedy: str, note: str = "") -> None:
+    """Raise :class:`InputError` unless ``x`` is a ``(B, *input_size)`` tensor with ``B >= 1``: the inputs a
+    program of one input size takes. The message names ``model`` (``"INT8 model"``), the size (with
+    ``note``, e.g. where it comes from), what ``x`` is, and ``remedy`` besides resizing the input."""
+    want = tuple(input_size)
+    if not isinstance(x, torch.Tensor) or x.dim() != 1 + len(want) or tuple(x.shape[1:]) != want \
+            or x.shape[0] == 0:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"this {model} takes (B, {', '.join(map(str, want))}) inputs with B >= 1{note}, got "
+                         f"{got}; resize the input, or {remedy}")
 
 
 class ProgramsByBatch(dict[int, Program]):
@@ -179,12 +191,7 @@ class CompiledModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` -> the model's output for ``x``."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != self.input_size \
-                or x.shape[0] == 0:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise InputError(f"this compiled model takes (B, {', '.join(map(str, self.input_size))}) inputs "
-                             f"with B >= 1, got {got}; resize the input, or compile the model again for "
-                             "the size you need")
+        check_batch(x, self.input_size, "compiled model", "compile the model again for the size you need")
         if x.dtype != self.dtype:
             raise InputError(f"this compiled model takes {self.dtype} inputs (the model's dtype), got "
                              f"{x.dtype}: convert them with x.to({self.dtype})")

@@ -40,7 +40,7 @@ from ..models._factory import build_model
 from ..models._spec import ModelSpec
 from ..models._weights import file_problem
 from ..utils.fileio import atomic_write
-from .compiled import ProgramsByBatch, capture, compile_graph
+from .compiled import ProgramsByBatch, capture, check_batch, compile_graph
 from .cpu_features import INT8_FLAGS, cpu_flags, int8_dot_product, int8_support_problem, no_dot_product_note
 from .int8_format import FORMAT, VERSION, bind_graph_state, read_int8_file, write_int8_file
 from .int8_fusion import attention_as_linear, attention_mlp_convs, fast_int8_loads, x86_quantizer
@@ -295,12 +295,9 @@ class QuantizedModel(nn.Module):
                 f"compile={self.compile}")
 
     def _check(self, x: torch.Tensor) -> None:
-        want = tuple(self.info["input_shape"])
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != want or x.shape[0] == 0:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise InputError(f"this INT8 model takes (B, {', '.join(map(str, want))}) inputs with B >= 1 "
-                             f"(the calibration's size), got {got}; resize the input, or quantize again "
-                             "with calibration batches of the size you need")
+        check_batch(x, self.info["input_shape"], "INT8 model",
+                    "quantize again with calibration batches of the size you need",
+                    note=" (the calibration's size)")
         if not x.is_floating_point():
             raise InputError(f"expected a floating-point input, got {x.dtype}: convert images to float and "
                              "normalise them as for the float model")
