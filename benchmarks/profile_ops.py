@@ -15,9 +15,12 @@ inductor's ``descriptive_names="original_aten"``); the oneDNN convolutions are e
 class of the event itself or, if it has none (``aten::empty`` inside a convolution...), of its nearest
 classified ancestor, else to ``other`` (the Python wrapper's own time included). The rules are the one table
 :data:`RULES` (:func:`classify`). Prints, per model, program and batch: ms/step (wall, without and with the
-profiler), ms and % per class, the non-convolution share and the top kernels; ``--out`` writes JSON.
+profiler), ms and % per class, the non-convolution share and the top kernels, and the GMAC/s of the step
+and of its convolutions alone (:func:`rates`; with ``--roofs FILE``, a ``cpu_peak.py`` result, their
+fractions of the format's roof: the convolutions' fraction bounds the step's); ``--out`` writes JSON.
 
-    python benchmarks/profile_ops.py --batch-sizes 8 1 --out benchmarks/results/profile_ops_<cpu>.json
+    python benchmarks/cpu_peak.py --out roofs_<cpu>.json
+    python benchmarks/profile_ops.py --batch-sizes 8 1 --roofs roofs_<cpu>.json --out profile_ops_<cpu>.json
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 import torch
 
 from harness import BenchConfig, build_model, make_runner, parse_spec
+from roofs import load_roofs
 from splitattn.deploy.cpu_features import cpu_description, cpu_flags
 from splitattn.utils.fileio import atomic_write_text
 
@@ -188,6 +192,37 @@ def summarize(per_class: dict[str, float], kernels: dict[str, tuple[str, float, 
                 kernels={n: dict(cls=c, ms=round(t / 1e3 / steps, 3)) for n, (c, t, _) in ranked})
 
 
+def rates(gmacs: float | None, batch: int, wall_ms: float, conv_share: float,
+          roof: float | None = None) -> dict[str, float | None]:
+    """GMAC/s of the step and of its convolutions alone, and their fractions of ``roof`` (GMAC/s).
+
+    The convolutions' rate (the model's MACs over the ``conv`` class's share of the step) is the most the
+    step could reach if everything else took no time: a bound that only faster convolution kernels raise.
+    The share comes from the profiled steps and is applied to the unprofiled step time, so that a profiled
+    step slower than the others (the profiler's own start) does not lower the bound below the step's rate.
+
+    Args:
+        gmacs: multiply-adds per image, in billions (``None``: not counted).
+        batch: images per step.
+        wall_ms: ms per step, unprofiled.
+        conv_share: the ``conv`` class's fraction of the profiled time, 0 to 1.
+        roof: the GEMM roof of the program's format (``None``: not measured).
+
+    Returns:
+        ``gmac_per_s``, ``conv_gmac_per_s``, ``roof_fraction``, ``conv_roof_fraction`` (``None`` where
+        an input is missing).
+    """
+    def per_s(ms: float) -> float | None:
+        return round(gmacs * batch / ms * 1e3, 1) if gmacs and ms > 0 else None
+
+    def of_roof(rate: float | None) -> float | None:
+        return round(rate / roof, 3) if rate is not None and roof else None
+
+    step, convs = per_s(wall_ms), per_s(wall_ms * conv_share)
+    return dict(gmac_per_s=step, conv_gmac_per_s=convs, roof_fraction=of_roof(step),
+                conv_roof_fraction=of_roof(convs))
+
+
 def profile_sides(sides: dict[str, Callable[[], Any]], steps: int, passes: int = 2,
                   head_width: int | None = None) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
     """name -> (ms per call by op class, ms per call by kernel family) of profiled self time, the sides
@@ -238,8 +273,9 @@ def _step_times(fn: Any, steps: int) -> list[float]:
 
 
 def profile_program(model: str, program: str, batch: int, args: argparse.Namespace,
-                    width: int | None = None) -> dict[str, Any]:
-    """Build, compile, time and profile one program at one batch size (``width``: :func:`head_width`)."""
+                    width: int | None = None, roof: float | None = None) -> dict[str, Any]:
+    """Build, compile, time and profile one program at one batch size (``width``: :func:`head_width`;
+    ``roof``: the GEMM roof of the program's format in GMAC/s, for :func:`rates`)."""
     cfg = BenchConfig(models=[model], mode="infer", device="cpu", batch_size=batch, img_size=args.img_size,
                       channels_last=args.channels_last, threads=args.threads)
     t0 = time.perf_counter()
@@ -259,12 +295,15 @@ def profile_program(model: str, program: str, batch: int, args: argparse.Namespa
         extra["top_by_shape"] = [dict(name=e.key, shapes=str(e.input_shapes), calls=e.count / args.steps,
                                       ms=round(e.self_cpu_time_total / 1e3 / args.steps, 2))
                                  for e in rows[:15]]
+    summary = summarize(per_class, kernels, args.steps)
+    step_ms = statistics.median(wall)
     return dict(model=model, program=program, batch=batch, steps=args.steps,
                 build_and_warmup_s=round(build_s, 1),
-                wall_ms_per_step=round(statistics.median(wall), 2), wall_ms_steps=wall,
-                wall_ms_steps_profiled=wall_prof, img_per_s=round(batch * 1e3 / statistics.median(wall), 2),
+                wall_ms_per_step=round(step_ms, 2), wall_ms_steps=wall,
+                wall_ms_steps_profiled=wall_prof, img_per_s=round(batch * 1e3 / step_ms, 2),
                 gmacs=runner.gmacs and round(runner.gmacs, 3),
-                **summarize(per_class, kernels, args.steps), **extra)
+                **rates(runner.gmacs, batch, step_ms, summary["classes"]["conv"]["pct"] / 100, roof),
+                **summary, **extra)
 
 
 def print_result(r: dict[str, Any]) -> None:
@@ -275,6 +314,12 @@ def print_result(r: dict[str, Any]) -> None:
           f"{r['wall_ms_steps_profiled']} ms), "
           f"{r['profiled_ms_per_step']} ms/step of profiled op time; non-conv "
           f"{r['non_conv_pct']}%\n  {cls} (of which wrapper {r['other_wrapper_ms']} ms)")
+    if r.get("conv_gmac_per_s") is not None:
+        def of_roof(key: str) -> str:
+            return f" ({r[key]} of the roof)" if r.get(key) is not None else ""
+
+        print(f"  {r['gmac_per_s']} GMAC/s{of_roof('roof_fraction')}; the convolutions alone "
+              f"{r['conv_gmac_per_s']} GMAC/s{of_roof('conv_roof_fraction')}")
     for k in r["top_kernels"]:
         print(f"    {k['ms']:9.2f} ms {k['pct']:5.1f}%  {k['cls']:9s} x{k['calls_per_step']:g}  {k['name']}")
     sys.stdout.flush()
@@ -291,8 +336,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (the first compiles)")
     p.add_argument("--steps", type=int, default=2, help="timed, then profiled, steps")
     p.add_argument("--shapes", action="store_true", help="also the top ops by input shapes (JSON only)")
+    p.add_argument("--roofs", default=None, metavar="FILE",
+                   help="a cpu_peak.py result: adds each program's fractions of its format's roof")
     p.add_argument("--out", default=None, help="write the results as JSON")
     args = p.parse_args()
+    roofs = load_roofs(args.roofs, threads=args.threads) if args.roofs else {}
     import torch._inductor.config as inductor_config
 
     # Each generated C++ kernel becomes a profiler event (must be set before the programs compile).
@@ -307,12 +355,12 @@ def main() -> None:
         width = head_width(build_model(parse_spec(model)[0]))
         for program in args.programs:
             for batch in args.batch_sizes:
-                results.append(profile_program(model, program, batch, args, width))
+                results.append(profile_program(model, program, batch, args, width, roofs.get(program)))
                 print_result(results[-1])
                 if args.out:  # after each program: a long run keeps what it has measured
                     atomic_write_text(args.out, json.dumps(dict(
                         cpu=cpu_description(), flags=flags, torch=torch.__version__, threads=args.threads,
-                        command=command, results=results), indent=2) + "\n")
+                        command=command, roofs=roofs or None, results=results), indent=2) + "\n")
 
 
 if __name__ == "__main__":
