@@ -2,7 +2,7 @@
 
 Three programs of one block's ``SplitAttn`` of an ``optimize_for_inference`` model, each through
 :func:`splitattn.compile_for_inference` (inductor with freezing), timed in paired, interleaved rounds in one
-process: the radix conv alone (with its folded BN and ReLU), the conv and its tail (the block as the model
+process: the radix conv alone (its BN and ReLU folded into it), the conv and its tail (the block as the model
 runs it), and the tail alone on the conv's output, called again and again on that one tensor (which then
 stays in cache). ``conv+tail - conv`` (median of the paired per-round differences) is the tail's cost right
 after the convolution has written its input; the last side is the same kernel on a cached input. Prints the
@@ -36,8 +36,8 @@ class _Part(nn.Module):
         self.training = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.part == "conv":
-            return self.sa.act0(self.sa.bn0(self.sa.conv(x)))
+        if self.part == "conv":  # SplitAttn.forward is tail(conv(x))
+            return self.sa.conv(x)
         return self.sa.tail(x) if self.part == "tail" else self.sa(x)
 
     def train(self, mode: bool = True) -> _Part:  # an optimized model is eval-only: stay in eval
@@ -73,10 +73,9 @@ def main() -> None:
           f"{args.layer}[{args.block}] {args.dtype}, batch {args.batch_size}, conv input {tuple(x.shape)}, "
           f"tail input {tuple(u.shape)} ({u.numel() * u.element_size() / 1e6:.2f} MB)")
     sides = {"conv": lambda: conv(x), "conv+tail": lambda: both(x), "tail, cached input": lambda: tail(u)}
-    with torch.no_grad():
-        for fn in sides.values():  # the first call of each compiles
-            fn()
-        ms = time_paired(sides, args.rounds, args.steps)
+    for fn in sides.values():  # the first call of each compiles
+        fn()
+    ms = time_paired(sides, args.rounds, args.steps)
     for name, times in ms.items():
         print(f"{name}: median {statistics.median(times):.3f} ms ({args.rounds} rounds x {args.steps})")
     in_context = statistics.median(b - a for a, b in zip(ms["conv"], ms["conv+tail"]))
